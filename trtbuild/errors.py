@@ -1,0 +1,23 @@
+"""One exception type for everything a user can get wrong.
+
+The CLI prints `error: <message>` and exits non-zero for a TrtbuildError; anything else is a bug and
+keeps its traceback. Messages are one line: what is wrong, then what to do.
+"""
+
+
+class TrtbuildError(Exception):
+    """A failure the user can act on; str(exc) is the one-line message shown to them."""
+
+    exit_code = 1
+
+
+class ValidationFailed(TrtbuildError):
+    """An engine failed its accuracy gate."""
+
+    exit_code = 3
+
+
+class RegressionDetected(TrtbuildError):
+    """A benchmark run regressed against its baseline beyond the tolerance."""
+
+    exit_code = 4

@@ -1,0 +1,385 @@
+"""The generation interface: the only thing the server, validation and benchmarks know about an engine.
+
+    engine = load_engine(path)                     # trtbuild.runtime.load_engine
+    stream = engine.submit(prompt_ids, SamplingParams(max_tokens=64, temperature=0))
+    for event in stream:                           # or `async for`, or stream.result()
+        print(event.text, end="")
+    stream.cancel()                                # stops its work; other requests carry on
+
+A backend only turns prompts into token ids (plus logprobs) and calls `stream.emit_token()` for each;
+RequestStream does everything else once for all backends: detokenization, stop strings and stop
+tokens, max_tokens and the context limit, finish reasons, timings, cancellation and the hand-off
+between the engine's thread and the caller's thread or event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterator, Sequence
+
+from trtbuild.runtime.detok import TextStream
+from trtbuild.tokenizer import Tokenizer
+
+FINISH_REASONS = ("stop", "length", "abort", "error")
+
+
+class JSONMixin:
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class SamplingParams(JSONMixin):
+    """What a caller may ask of one generation (OpenAI's names; vLLM's extensions)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    logprobs: bool = False  # logprob of each generated token
+    top_logprobs: int = 0  # and the k most likely alternatives at each position
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    def check(self) -> None:
+        """Raise ValueError naming the first out-of-range field (OpenAI's ranges)."""
+        rules = [
+            ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
+            ("temperature", 0 <= self.temperature <= 2 and math.isfinite(self.temperature), "must be in [0, 2]"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
+            ("repetition_penalty", 0 < self.repetition_penalty <= 10, "must be in (0, 10]"),
+            ("min_tokens", 0 <= self.min_tokens <= self.max_tokens, "must be in [0, max_tokens]"),
+            ("top_logprobs", 0 <= self.top_logprobs <= 20, "must be in [0, 20]"),
+            ("stop", len(self.stop) <= 16 and all(isinstance(s, str) and s for s in self.stop),
+             "must be at most 16 non-empty strings"),
+        ]
+        for name, ok, why in rules:
+            if not ok:
+                raise ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class TokenEvent(JSONMixin):
+    """One generated token, as the caller sees it while streaming."""
+
+    token_id: int
+    index: int  # position among the generated tokens
+    text: str  # text this token released (may be "" while a stop-string prefix is held back)
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None  # set on the last event only
+    time_ns: int = 0  # perf_counter_ns when the engine produced the token
+
+
+@dataclass
+class RequestTimings(JSONMixin):
+    """perf_counter_ns stamps: submitted, first scheduled into a batch, first token, finished."""
+
+    arrival_ns: int = 0
+    scheduled_ns: int = 0
+    first_token_ns: int = 0
+    finished_ns: int = 0
+
+    @property
+    def queue_s(self) -> float:
+        return max(self.scheduled_ns - self.arrival_ns, 0) / 1e9
+
+
+@dataclass
+class GenerationResult(JSONMixin):
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    stop_reason: str | int | None = None  # the stop string or stop token id that ended it
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    timings: RequestTimings = field(default_factory=RequestTimings)
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GenerationResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in names}
+        data["timings"] = RequestTimings.from_dict(data.get("timings") or {})
+        return cls(**data)
+
+
+@dataclass
+class EngineInfo(JSONMixin):
+    name: str  # shown as the model id by the server
+    variant: str  # fp16 | fp8 | fp8-kv8 | reference
+    backend: str  # torch | tensorrt-llm | transformers (reference)
+    model_id: str
+    max_seq_len: int
+    max_batch_size: int
+    max_input_len: int
+    vocab_size: int
+    eos_id: int
+    precision: dict = field(default_factory=dict)
+    engine_dir: str = ""
+    can_score: bool = False  # Engine.score (teacher-forced log-probabilities) is available
+
+
+class EngineError(RuntimeError):
+    """The engine failed while running (a request's error, or the whole engine died)."""
+
+
+class RequestStream:
+    """One request in flight. The engine thread calls emit_token/finish; callers iterate or wait.
+
+    Text deltas are decoded incrementally with the last prompt tokens as context, so the first token's
+    leading space comes out as it would in decode(prompt + output).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], params: SamplingParams,
+                 max_seq_len: int, request_id: str | None = None, on_cancel=None):
+        self.request_id = request_id or uuid.uuid4().hex
+        self.prompt_token_ids = list(prompt_ids)
+        self.params = params
+        self.max_seq_len = max_seq_len
+        self.tokenizer = tokenizer
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.top_logprobs: list[list[tuple[int, float]]] = []
+        self.events: list[TokenEvent] = []
+        self.timings = RequestTimings(arrival_ns=time.perf_counter_ns())
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        self.error: str | None = None
+        self._text = TextStream(tokenizer, context_ids=tokenizer.decode_context(self.prompt_token_ids), stop=params.stop,
+                                include_stop=params.include_stop_str_in_output, min_tokens=params.min_tokens)
+        self._on_cancel = on_cancel
+        self._cond = threading.Condition()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    # --- engine side ------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def mark_scheduled(self) -> None:
+        if not self.timings.scheduled_ns:
+            self.timings.scheduled_ns = time.perf_counter_ns()
+
+    def emit_token(self, token_id: int, logprob: float | None = None,
+                   top_logprobs: list[tuple[int, float]] | None = None) -> bool:
+        """Record one generated token; returns True when the request is now finished."""
+        if self.finished:
+            return True
+        now = time.perf_counter_ns()
+        self.timings.first_token_ns = self.timings.first_token_ns or now
+        index = len(self.token_ids)
+        self.token_ids.append(int(token_id))
+        if logprob is not None:
+            self.logprobs.append(float(logprob))
+        if top_logprobs is not None:
+            self.top_logprobs.append(top_logprobs)
+        p, reason, text = self.params, None, ""
+        past_min = index + 1 > p.min_tokens
+        if token_id == self.tokenizer.eos_id and not p.ignore_eos and past_min:
+            reason, self.stop_reason = "stop", None
+        elif token_id in p.stop_token_ids and past_min:
+            reason, self.stop_reason = "stop", int(token_id)
+        else:
+            text = self._text.push(token_id)
+            if self._text.stopped is not None:
+                reason, self.stop_reason = "stop", self._text.stopped
+        if reason is None and (len(self.token_ids) >= p.max_tokens
+                               or len(self.prompt_token_ids) + len(self.token_ids) >= self.max_seq_len):
+            reason = "length"
+        if reason is not None:
+            text += self._text.flush()
+        self._publish(TokenEvent(token_id=int(token_id), index=index, text=text, logprob=logprob,
+                                 top_logprobs=top_logprobs, finish_reason=reason, time_ns=now), reason)
+        return reason is not None
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        """End the request without a token (abort, error). Idempotent."""
+        if self.finished:
+            return
+        self.error = error
+        tail = self._text.flush() if reason != "error" else ""
+        event = TokenEvent(token_id=-1, index=len(self.token_ids), text=tail, finish_reason=reason,
+                           time_ns=time.perf_counter_ns())
+        self._publish(event, reason)
+
+    def _publish(self, event: TokenEvent, reason: str | None) -> None:
+        with self._cond:
+            self.events.append(event)
+            if reason is not None:
+                self.finish_reason = reason
+                self.timings.finished_ns = event.time_ns
+            self._cond.notify_all()
+            waiters = list(self._waiters)
+        for loop, flag in waiters:
+            try:
+                loop.call_soon_threadsafe(flag.set)
+            except RuntimeError:  # that loop is closed: its consumer is gone
+                pass
+
+    # --- caller side ------------------------------------------------------------------------------
+    @property
+    def text(self) -> str:
+        return self._text.text
+
+    def cancel(self) -> None:
+        """Stop generating: the engine drops the request at its next step and frees its slot."""
+        if self.finished:
+            return
+        if self._on_cancel is not None:
+            self._on_cancel(self)
+        self.finish("abort")
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        seen = 0
+        while True:
+            with self._cond:
+                while seen == len(self.events) and not self.finished:
+                    self._cond.wait()
+                new, seen = self.events[seen:], len(self.events)
+                done = self.finished and seen == len(self.events)
+            yield from new
+            if done:
+                return
+
+    async def aiter_batches(self) -> AsyncIterator[list[TokenEvent]]:
+        """Async iteration that yields every event available at once (a server can coalesce them)."""
+        loop, flag = asyncio.get_running_loop(), asyncio.Event()
+        with self._cond:
+            self._waiters.append((loop, flag))
+        seen = 0
+        try:
+            while True:
+                flag.clear()
+                with self._cond:
+                    new, seen = self.events[seen:], len(self.events)
+                    done = self.finished and seen == len(self.events)
+                if new:
+                    yield new
+                if done:
+                    return
+                if not new:
+                    await flag.wait()
+        finally:
+            with self._cond:
+                self._waiters.remove((loop, flag))
+
+    async def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        async for batch in self.aiter_batches():
+            for event in batch:
+                yield event
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.finished, timeout=timeout):
+                raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s")
+        return self.snapshot()
+
+    async def aresult(self) -> GenerationResult:
+        async for _ in self.aiter_batches():
+            pass
+        return self.snapshot()
+
+    def snapshot(self) -> GenerationResult:
+        return GenerationResult(
+            request_id=self.request_id, prompt_token_ids=self.prompt_token_ids, token_ids=list(self.token_ids),
+            text=self.text, finish_reason=self.finish_reason or "", stop_reason=self.stop_reason,
+            logprobs=list(self.logprobs) if self.params.logprobs else None,
+            top_logprobs=list(self.top_logprobs) if self.params.top_logprobs else None,
+            timings=dataclasses.replace(self.timings), error=self.error)
+
+
+class Engine(ABC):
+    """A loaded engine. Thread-safe: submit from any thread; the backend runs its own loop."""
+
+    info: EngineInfo
+    tokenizer: Tokenizer
+
+    def new_stream(self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None = None,
+                   on_cancel=None) -> RequestStream:
+        """Check a request against the engine's limits and wrap it in a stream (backends call this)."""
+        params.check()
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) > self.info.max_input_len or len(prompt_ids) >= self.info.max_seq_len:
+            raise ContextLengthExceeded(len(prompt_ids), params.max_tokens, self.info.max_seq_len,
+                                        self.info.max_input_len)
+        bad = [t for t in prompt_ids if not 0 <= t < self.info.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.info.vocab_size})")
+        return RequestStream(self.tokenizer, prompt_ids, params, self.info.max_seq_len, request_id, on_cancel)
+
+    @abstractmethod
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
+               request_id: str | None = None) -> RequestStream:
+        """Queue a request and return at once; raises ValueError/ContextLengthExceeded on bad input."""
+
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams]) -> list[GenerationResult]:
+        """Run many requests concurrently (batched by the backend) and wait for all of them."""
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        streams = [self.submit(p, sp) for p, sp in zip(prompts, params)]
+        return [s.result() for s in streams]
+
+    def score(self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]):
+        """Teacher-forced log-probabilities: a float32 numpy array [len(continuation), vocab] whose row i
+        is log p(. | prompt + continuation[:i]). Raises NotImplementedError where the backend cannot."""
+        raise NotImplementedError(f"{self.info.backend} engine {self.info.name} cannot score sequences")
+
+    @property
+    def num_running(self) -> int:
+        return 0
+
+    @property
+    def num_waiting(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Finish the engine's loop; requests still in flight end with finish_reason "abort"."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ContextLengthExceeded(ValueError):
+    """The prompt does not fit the engine (the server answers 400 context_length_exceeded)."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, max_seq_len: int, max_input_len: int):
+        self.prompt_tokens, self.max_tokens, self.max_seq_len = prompt_tokens, max_tokens, max_seq_len
+        limit = min(max_input_len, max_seq_len - 1)
+        super().__init__(
+            f"This model's maximum context length is {max_seq_len} tokens (prompts up to {limit}). However, "
+            f"you requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
+            f"{max_tokens} in the completion). Please reduce the length of the messages or completion.")
