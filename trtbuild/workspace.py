@@ -112,6 +112,7 @@ class Workspace:
         final = Path(final)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=self.tmp_dir))
+        tmp.chmod(0o755)  # mkdtemp makes 0700: a shared workspace must stay readable by its other users
         try:
             yield tmp
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,81 @@
+"""The bundled corpus, and reading text samples from files.
+
+The corpus (chat.jsonl: Mistral v3 chat exchanges; text.txt: plain paragraphs, code and several
+languages) trains the embedded tiny model at creation time and is the default ("builtin") calibration
+set for FP8 quantization. The same readers take a user's own .txt / .jsonl calibration file.
+
+A sample is a dict: {"text": str} or {"messages": [{"role": ..., "content": ...}, ...]}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+from trtbuild.errors import TrtbuildError
+
+CORPUS_FILES = ("chat.jsonl", "text.txt")
+
+
+def corpus_samples() -> list[dict]:
+    """Every sample of the bundled corpus, chats first, in file order (deterministic)."""
+    root = resources.files("trtbuild.data")
+    return [s for name in CORPUS_FILES for s in _parse(name, root.joinpath(name).read_text(encoding="utf-8"))]
+
+
+def corpus_hash() -> str:
+    """sha256 over the corpus files: part of the tiny model's recipe hash and of quantization keys."""
+    digest = hashlib.sha256()
+    root = resources.files("trtbuild.data")
+    for name in CORPUS_FILES:
+        digest.update(name.encode() + b"\0" + root.joinpath(name).read_bytes())
+    return digest.hexdigest()
+
+
+def read_samples(path: str | Path) -> list[dict]:
+    """Samples from a local file: .jsonl ({"text": ...} or {"messages": [...]} per line), or any other
+    text file (one sample per paragraph; one per line when the file has no blank lines)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrtbuildError(f"cannot read calibration file {path}: {exc}; pass a UTF-8 .txt or .jsonl file") from None
+    samples = _parse(path.name, text, where=str(path))
+    if not samples:
+        raise TrtbuildError(f"calibration file {path} holds no text; put one sample per line or paragraph")
+    return samples
+
+
+def encode_sample(tokenizer, sample: dict) -> list[int]:
+    """Token ids of a sample exactly as the model sees them: plain text with BOS; a chat in Mistral's v3
+    format, its final assistant reply appended with EOS (as Mistral trained it)."""
+    if "messages" not in sample:
+        return tokenizer.encode(sample["text"], bos=True)
+    messages = list(sample["messages"])
+    if messages[-1].get("role") != "assistant":
+        return tokenizer.encode_chat(messages)
+    reply = messages.pop()["content"].rstrip()
+    return tokenizer.encode_chat(messages) + tokenizer.encode(reply, bos=False) + [tokenizer.eos_id]
+
+
+def _parse(name: str, text: str, where: str | None = None) -> list[dict]:
+    where = where or name
+    if name.endswith(".jsonl"):
+        samples = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TrtbuildError(f"{where}:{number}: not valid JSON ({exc.msg}); "
+                                    'write one {"text": ...} or {"messages": [...]} object per line') from None
+            if not (isinstance(sample, dict) and (isinstance(sample.get("text"), str) or
+                                                  isinstance(sample.get("messages"), list))):
+                raise TrtbuildError(f'{where}:{number}: expected {{"text": "..."}} or {{"messages": [...]}}')
+            samples.append({"messages": sample["messages"]} if "messages" in sample else {"text": sample["text"]})
+        return samples
+    blocks = text.split("\n\n") if "\n\n" in text.strip() else text.splitlines()
+    return [{"text": block.strip("\n")} for block in blocks if block.strip()]

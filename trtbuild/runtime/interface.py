@@ -192,6 +192,10 @@ class RequestStream:
     def emit_token(self, token_id: int, logprob: float | None = None,
                    top_logprobs: list[tuple[int, float]] | None = None) -> bool:
         """Record one generated token; returns True when the request is now finished."""
+        with self._cond:  # atomic against cancel() from another thread: no token lands after "abort"
+            return self._emit_token(token_id, logprob, top_logprobs)
+
+    def _emit_token(self, token_id: int, logprob: float | None, top_logprobs: list[tuple[int, float]] | None) -> bool:
         if self.finished:
             return True
         now = time.perf_counter_ns()
@@ -223,6 +227,10 @@ class RequestStream:
 
     def finish(self, reason: str, error: str | None = None) -> None:
         """End the request without a token (abort, error). Idempotent."""
+        with self._cond:  # the lock is re-entrant (Condition's default RLock); _publish takes it again
+            self._finish(reason, error)
+
+    def _finish(self, reason: str, error: str | None) -> None:
         if self.finished:
             return
         self.error = error

@@ -67,6 +67,8 @@ def sample_row(row: torch.Tensor, state: SamplerState) -> int:
         kth = torch.topk(row, min(p.top_k, row.numel())).values[-1]
         row = row.masked_fill(row < kth, float("-inf"))
     probs = torch.softmax(row, dim=-1)
+    if not torch.isfinite(probs).all():  # a tiny temperature or penalty overflowed the logits: the best token
+        return int(torch.argmax(row))
     if p.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         drop = torch.cumsum(sorted_probs, 0) - sorted_probs > p.top_p  # keep the smallest nucleus >= top_p

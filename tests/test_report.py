@@ -1,0 +1,180 @@
+"""Reports: engine selection under SLOs and the validation gate, the HTML/Markdown with its plots, and
+regression exit codes; plus the real pipeline (fp16 and fp8 torch engines, benchmarked and validated)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from trtbuild.bench import LoadSpec, SLO, WorkloadSpec
+from trtbuild.bench.results import RequestRecord, save_run
+from trtbuild.bench.runner import summarize
+from trtbuild.cli import main
+from trtbuild.report.render import make_report
+from trtbuild.report.select import compare, select_engine
+from trtbuild.workspace import Workspace
+
+MS = 1_000_000
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def engine_dir(tmp_path: Path, name: str, verdict: str | None) -> Path:
+    path = tmp_path / "engines" / name
+    path.mkdir(parents=True)
+    if verdict:
+        failures = ["token_agreement 0.41 < 0.9"] if verdict == "fail" else []
+        (path / "validation.json").write_text(json.dumps(
+            {"verdict": verdict, "failures": failures, "metrics": {"token_agreement": 0.97, "top1": 0.99}}))
+    return path
+
+
+def fake_run(ws, engine: Path, concurrency: int, ttft_ms: float, tpot_ms: float, n: int = 8, out: int = 5,
+             valid: bool = True):
+    """A run whose requests all see the given TTFT and TPOT (one token per chunk), sent in waves of
+    `concurrency`, each wave when the previous one finished: throughput = concurrency / E2E."""
+    records = []
+    e2e_ms = ttft_ms + (out - 1) * tpot_ms
+    for i in range(n):
+        sent = int((i // concurrency) * e2e_ms * MS)
+        chunks = [sent + int((ttft_ms + k * tpot_ms) * MS) for k in range(out)]
+        records.append(RequestRecord(index=i, sent_ns=sent, scheduled_ns=sent, chunk_ns=chunks, chunk_tokens=[1] * out,
+                                     end_ns=chunks[-1], input_tokens=16, requested_output_tokens=out,
+                                     token_counts={"engine": out}))
+    monitor = SimpleNamespace(lags_ms=[0.1], cpu_thread=0.95 if not valid else 0.1, cpu_process=0.2)
+    target = {"kind": "engine", "name": engine.name, "engine_dir": str(engine), "backend": "torch"}
+    result = summarize("offline", WorkloadSpec(input_len=16, output_len=out, num_requests=n, warmup=0),
+                       LoadSpec(concurrency=concurrency), target, records, monitor, None)
+    save_run(ws, ws.bench_dir(engine) / result.summary.run_id, result)
+    return result
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    return Workspace(tmp_path / "ws")
+
+
+@pytest.fixture
+def three_engines(ws, tmp_path):
+    """fp16: slow decode, passes; fp8: fast, passes; fp8-kv8: fastest but failed validation."""
+    fp16, fp8, kv8 = (engine_dir(tmp_path, "fp16", "pass"), engine_dir(tmp_path, "fp8", "pass"),
+                      engine_dir(tmp_path, "fp8-kv8", "fail"))
+    runs = [fake_run(ws, fp16, 1, ttft_ms=40, tpot_ms=20), fake_run(ws, fp16, 4, ttft_ms=90, tpot_ms=30),
+            fake_run(ws, fp8, 1, ttft_ms=30, tpot_ms=10), fake_run(ws, fp8, 4, ttft_ms=120, tpot_ms=15),
+            fake_run(ws, kv8, 1, ttft_ms=20, tpot_ms=5), fake_run(ws, kv8, 4, ttft_ms=25, tpot_ms=6)]
+    return runs
+
+
+def test_selection_takes_highest_goodput_among_validated_engines(three_engines):
+    selection = select_engine(three_engines, SLO(ttft_ms=300, tpot_ms=50))
+    assert selection.engine == "fp8"
+    assert "failed validation (token_agreement 0.41 < 0.9)" in selection.losers["fp8-kv8"]
+    assert selection.losers["fp16"].startswith("lower goodput under ttft=300,tpot=50")
+    assert "validation passed" in selection.reason
+
+
+def test_slo_decides_not_raw_speed(three_engines):
+    # fp8's only run that meets ttft <= 100 ms is at concurrency 1; fp16 meets it at 4 too, where it is faster
+    tight = select_engine(three_engines, SLO(ttft_ms=100))
+    goodput = {e.name: e.best_goodput for e in tight.entries}
+    assert goodput["fp16"] > goodput["fp8"]
+    assert tight.engine == "fp16"
+
+
+def test_invalid_runs_and_missing_validation_never_win(ws, tmp_path):
+    unvalidated = engine_dir(tmp_path, "fp16", None)
+    saturated = engine_dir(tmp_path, "fp8", "pass")
+    runs = [fake_run(ws, unvalidated, 1, 10, 5), fake_run(ws, saturated, 1, 10, 5, valid=False)]
+    selection = select_engine(runs, None)
+    assert selection.engine is None
+    assert selection.losers == {"fp16": "validation gate: not validated",
+                                "fp8": "no valid benchmark run (see each run's validity reasons)"}
+    assert "client thread CPU" in runs[1].summary.validity["reasons"][0]
+
+
+def test_report_has_every_figure_inline_and_names_the_engine(ws, three_engines, tmp_path):
+    result = make_report(ws, [r.path for r in three_engines], SLO(ttft_ms=300, tpot_ms=50), out=tmp_path / "rep")
+    assert result.selected_engine == "fp8"
+    html, md = result.path_html.read_text(), result.path_md.read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == 5  # all figures but the GPU one: these runs had no GPU
+    assert all(base64.b64decode(data).startswith(PNG) for data in images)
+    assert "no GPU: bound not applicable" in md and "**fp8**" in md
+    for name in ("throughput_latency", "distributions", "itl_position", "slo_attainment", "validation_speed"):
+        assert result.figures[name].read_bytes().startswith(PNG)
+        assert f"({name}.png)" in md
+    assert "src=" not in md and "<img" not in md  # Markdown references the PNG files beside it
+    assert json.loads((result.report_dir / "selection.json").read_text())["selected_engine"] == "fp8"
+
+
+def test_regression_exit_codes(ws, tmp_path, capsys):
+    engine = engine_dir(tmp_path, "fp16", "pass")
+    base = fake_run(ws, engine, 2, ttft_ms=50, tpot_ms=10)
+    same = fake_run(ws, engine, 2, ttft_ms=51, tpot_ms=10)  # 2% slower TTFT: within 5%
+    slow = fake_run(ws, engine, 2, ttft_ms=50, tpot_ms=14)  # 40% slower decode
+    rows = compare([slow], [base], tolerance_pct=5)
+    regressed = {r["metric"] for r in rows if r["regressed"]}
+    assert {"TPOT p50 ms", "ITL/token p50 ms", "output tok/s", "E2E p50 ms"} <= regressed
+    assert "TTFT p50 ms" not in regressed
+
+    def cli(*argv):
+        try:
+            main(["--workspace", str(ws.root), "report", *argv, "--out", str(tmp_path / f"r{len(argv)}{argv[0][-6:]}")])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        return code, capsys.readouterr()
+
+    code, out = cli(str(same.path), "--baseline", str(base.path), "--tolerance", "5")
+    assert code == 0 and out.out.strip().splitlines()[-1].endswith("report.html")
+    code, out = cli(str(slow.path), "--baseline", str(base.path), "--tolerance", "5")
+    assert code == 4 and "regressed beyond 5%" in out.err
+    assert out.out.strip().splitlines()[-1].endswith("report.html")  # the report is still written
+    assert not any(r["regressed"] for r in compare([slow], [base], tolerance_pct=50))
+
+
+@pytest.mark.slow
+def test_pipeline_report_compares_fp16_and_fp8(workspace, engine_dirs, tmp_path):
+    """The demo's end: both real engines benchmarked offline at two loads, validated, reported."""
+    from trtbuild.bench.offline import run_offline_sweep
+    from trtbuild.validation import validate_engine
+
+    spec = WorkloadSpec(input_len=24, output_len=8, num_requests=6, warmup=1, seed=3)
+    prompts = tmp_path / "prompts.jsonl"  # a small validation: the full one is validation's own test
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("The capital of France is",
+                                                                         "def fibonacci(n):", "Once upon a time")))
+    runs = []
+    for variant in ("fp16", "fp8"):
+        if not (engine_dirs[variant] / "validation.json").is_file():
+            validate_engine(workspace, engine_dirs[variant], prompts=prompts, max_tokens=8, progress=False)
+        runs += run_offline_sweep(workspace, engine_dirs[variant], spec, [LoadSpec(concurrency=1),
+                                                                         LoadSpec(concurrency=4)], progress=False)
+    result = make_report(workspace, runs, SLO(ttft_ms=60_000, tpot_ms=60_000), out=tmp_path / "pipeline-report")
+    names = {engine_dirs["fp16"].name, engine_dirs["fp8"].name}
+    assert {e.name for e in result.selection.entries} == names
+    passed = {e.name for e in result.selection.entries if e.verdict == "pass"}
+    assert result.selected_engine in passed or (not passed and result.selected_engine is None)
+    html = result.path_html.read_text()
+    assert html.count("data:image/png;base64,") == 5
+    for name in names:
+        assert name in result.path_md.read_text()
+
+
+def test_gpu_runs_get_the_bandwidth_bound(ws, tmp_path):
+    from trtbuild.report import plots
+    from trtbuild.report.render import gpu_bound_points
+    from trtbuild.report.select import group
+
+    engine = engine_dir(tmp_path, "fp8", "pass")
+    (engine / "rank0.engine").write_bytes(b"\0" * 1_000_000)  # 1 MB of weights read per decode step
+    run = fake_run(ws, engine, 1, ttft_ms=10, tpot_ms=2)  # 500 tok/s per user
+    run.summary.system["gpu"] = {"name": "NVIDIA H100 80GB HBM3", "sm": "90"}
+    cpu = fake_run(ws, engine_dir(tmp_path, "fp16", "pass"), 1, ttft_ms=10, tpot_ms=2)
+    points, note = gpu_bound_points(group([run, cpu]))
+    assert points == [("fp8", pytest.approx(500.0), pytest.approx(3.35e12 / 1_000_000))]
+    assert note == "fp16: no GPU: bound not applicable"
+    assert plots.decode_vs_bound(points, tmp_path / "bound.png").read_bytes().startswith(PNG)

@@ -1,0 +1,214 @@
+"""Online benchmark: an asyncio client against OpenAI-compatible endpoints (/v1/completions, streaming).
+
+One aiohttp session, its pool sized to the load (limit = concurrency), 1 MiB read buffer (vllm#39963),
+perf_counter_ns stamps taken when a read completes an SSE event. Prompts go as text by default (any
+server takes it; the workload checked that the text re-encodes to the exact length) or as token ids
+(`prompt_format="ids"`, exact by construction; the dataset's own ids when it has no text).
+Exact output lengths ask for ignore_eos + min_tokens = max_tokens; stream_options asks for usage
+(include_usage) and per-chunk usage (continuous_usage_stats) where the server accepts them: a probe
+request finds out, and drops what a server rejects with 400. Output counts come from usage, with the
+client's re-tokenization of the text as a cross-check. Queue time is the server's: unknown here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+from tqdm import tqdm
+
+from trtbuild.bench.arrivals import LoadSpec
+from trtbuild.bench.metrics import SLO
+from trtbuild.bench.results import BenchResult, RequestRecord, save_run
+from trtbuild.bench.runner import run_load, summarize
+from trtbuild.bench.sse import SSEParser
+from trtbuild.bench.workload import BenchRequest, WorkloadSpec, build_requests
+from trtbuild.errors import TrtbuildError
+from trtbuild.tokenizer import Tokenizer
+from trtbuild.workspace import Workspace
+
+READ_BUFSIZE = 1 << 20
+
+
+def _headers(api_key: str | None) -> dict:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def request_body(req: BenchRequest, model: str, spec: WorkloadSpec, extensions: dict, prompt_format: str) -> dict:
+    use_ids = prompt_format == "ids" or req.prompt_text is None
+    body = {"model": model, "prompt": req.prompt_ids if use_ids else req.prompt_text, "max_tokens": req.output_len,
+            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+    if extensions.get("continuous_usage_stats"):
+        body["stream_options"]["continuous_usage_stats"] = True
+    if spec.ignore_eos and extensions.get("ignore_eos"):
+        body["ignore_eos"] = True
+        body["min_tokens"] = req.output_len
+    return body
+
+
+async def stream_completion(session: aiohttp.ClientSession, url: str, body: dict, rec: RequestRecord, t0: int,
+                            texts: dict) -> None:
+    """Send one streaming completion and fill rec; the text goes to texts[rec.index] for re-tokenizing."""
+    parser, pieces = SSEParser(), []
+    counted = 0  # completion tokens reported by continuous usage so far
+    per_chunk: list[int] | None = []
+    rec.target = url
+    rec.sent_ns = time.perf_counter_ns() - t0
+    try:
+        async with session.post(url + "/v1/completions", json=body) as resp:
+            if resp.status != 200:
+                rec.error_type, rec.error = f"http_{resp.status}", (await resp.text())[:300]
+                return
+            async for data in resp.content.iter_any():
+                now = time.perf_counter_ns() - t0
+                if rec.first_byte_ns is None:
+                    rec.first_byte_ns = now
+                for payload in parser.feed(data):
+                    if payload == "[DONE]":
+                        continue
+                    event = json.loads(payload)
+                    if "error" in event:
+                        err = event["error"]
+                        rec.error_type = "stream_error"
+                        rec.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
+                        continue
+                    usage = event.get("usage") or None
+                    choices = event.get("choices") or []
+                    text, tokens = "", 0
+                    if choices:
+                        choice = choices[0]
+                        text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+                        rec.finish_reason = choice.get("finish_reason") or rec.finish_reason
+                    if usage is not None and usage.get("completion_tokens") is not None:
+                        tokens = usage["completion_tokens"] - counted
+                        counted = usage["completion_tokens"]
+                        rec.token_counts["usage"] = counted
+                        rec.prompt_tokens_usage = usage.get("prompt_tokens")
+                    elif choices:
+                        per_chunk = None  # a content chunk without usage: the split is unknown
+                    if choices and (text or tokens > 0):
+                        rec.chunk_ns.append(now)
+                        pieces.append(text)
+                        if per_chunk is not None:
+                            per_chunk.append(tokens)
+    except asyncio.TimeoutError:
+        rec.error_type, rec.error = "timeout", "no complete answer within the request timeout"
+    except aiohttp.ClientError as exc:
+        rec.error_type, rec.error = "connection", f"{type(exc).__name__}: {exc}"[:300]
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        rec.error_type, rec.error = "bad_response", f"unparseable stream event: {exc}"[:300]
+    finally:
+        rec.end_ns = time.perf_counter_ns() - t0
+    rec.chunk_tokens = per_chunk if per_chunk and len(per_chunk) == len(rec.chunk_ns) else None
+    texts[rec.index] = "".join(pieces)
+    if rec.error_type is None and not rec.chunk_ns:
+        rec.error_type, rec.error = "empty_response", "the stream carried no content"
+
+
+async def probe(session: aiohttp.ClientSession, url: str, model: str, api_key: str | None) -> dict:
+    """Check the endpoint and model, and which request extensions it accepts (a 400 drops one)."""
+    info: dict = {"url": url}
+    try:
+        async with session.get(url + "/v1/models", headers=_headers(api_key)) as resp:
+            if resp.status == 200:
+                cards = (await resp.json()).get("data") or []
+                info["models"] = cards
+                ids = [c.get("id") for c in cards]
+                if ids and model not in ids:
+                    raise TrtbuildError(f"{url} does not serve model {model!r}; it serves: {', '.join(map(str, ids))}")
+        async with session.get(url + "/version") as resp:
+            info["version"] = (await resp.text())[:200] if resp.status == 200 else None
+    except aiohttp.ClientError as exc:
+        raise TrtbuildError(f"cannot reach {url} ({type(exc).__name__}: {exc}); is the server running?") from None
+    extensions = {"ignore_eos": True, "continuous_usage_stats": True}
+    probe_req = BenchRequest(-1, [1, 1032], "Hello", 2)
+    for drop in (None, "continuous_usage_stats", "ignore_eos"):
+        if drop:
+            extensions[drop] = False
+        body = request_body(probe_req, model, WorkloadSpec(), extensions, "text")
+        async with session.post(url + "/v1/completions", json=body) as resp:
+            await resp.read()
+            if resp.status == 200:
+                info["extensions"] = extensions
+                return info
+            if resp.status != 400:
+                raise TrtbuildError(f"{url}/v1/completions answered HTTP {resp.status} to a probe request; "
+                                    "check --url, --model and the API key")
+    raise TrtbuildError(f"{url}/v1/completions rejects streaming completions (HTTP 400); is it OpenAI-compatible?")
+
+
+def resolve_target_engine(ws: Workspace, model: str, engine_dir: str | Path | None) -> Path | None:
+    """The workspace engine behind the served model: given explicitly, or one whose name is the model id."""
+    if engine_dir:
+        return ws.resolve_engine(engine_dir)
+    return next((e for e in ws.engines() if e.name == model), None)
+
+
+async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_s, progress, tokenizer):
+    requests = build_requests(tokenizer, spec)
+    pool = max(max((load.concurrency or 0) for load in loads), 1)
+    if any(load.open_loop for load in loads):
+        pool = max(pool, min(len(requests), 1024))  # open loop: every request in flight may need a socket
+    connector = aiohttp.TCPConnector(limit=pool, limit_per_host=0, ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    out = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE,
+                                     headers=_headers(api_key)) as session:
+        servers = [await probe(session, url, model, api_key) for url in urls]
+        extensions = {k: all(s["extensions"][k] for s in servers) for k in servers[0]["extensions"]}
+        for load in loads:
+            texts: dict[int, str] = {}
+            bar = tqdm(total=len(requests), desc=f"bench {model} {load.level:g}", unit="req",
+                       disable=not progress, leave=False)
+
+            async def issue(req: BenchRequest, rec: RequestRecord, t0: int, texts=texts, bar=bar) -> None:
+                body = request_body(req, model, spec, extensions, prompt_format)
+                await stream_completion(session, urls[req.index % len(urls)], body, rec, t0, texts)
+                bar.update(1)
+
+            records, monitor = await run_load(requests, load, issue)
+            bar.close()
+            out.append((load, records, monitor, texts))
+    return servers, extensions, out
+
+
+def run_online_bench(ws: Workspace, urls: list[str], model: str, workload: WorkloadSpec, loads: list[LoadSpec],
+                     slo: SLO | None = None, *, api_key: str | None = None, prompt_format: str = "text",
+                     engine_dir: str | Path | None = None, timeout_s: float = 600.0, progress: bool = True,
+                     out_dir: str | Path | None = None) -> list[BenchResult]:
+    """Benchmark an OpenAI-compatible endpoint (urls: replicas, round-robin) at each load level.
+
+    Runs are saved under ws.bench_dir(engine) when the model is a workspace engine (or engine_dir is
+    given), else under <workspace>/bench/."""
+    if not urls:
+        raise TrtbuildError("give at least one --url")
+    if prompt_format not in ("text", "ids"):
+        raise TrtbuildError(f"--prompt-format must be text or ids, got {prompt_format!r}")
+    urls = [u.rstrip("/").removesuffix("/v1") for u in urls]
+    for load in loads:
+        load.check()
+    tokenizer = Tokenizer.v3()
+    servers, extensions, runs = asyncio.run(
+        _run_online(urls, model, workload, loads, api_key, prompt_format, timeout_s, progress, tokenizer))
+    engine = resolve_target_engine(ws, model, engine_dir)
+    base = Path(out_dir) if out_dir else (ws.bench_dir(engine) if engine else ws.root / "bench")
+    target = {"kind": "endpoint", "name": engine.name if engine else model, "model": model, "urls": urls,
+              "servers": servers, "extensions": extensions, "prompt_format": prompt_format,
+              "engine_dir": str(engine) if engine else None, "manifest": None}
+    if engine is not None:
+        from trtbuild.manifest import load_manifest
+
+        target["manifest"] = load_manifest(engine).to_dict()
+    results = []
+    for load, records, monitor, texts in runs:
+        for rec in records:  # re-tokenize after the run, off the client's hot path
+            if rec.index in texts:
+                rec.token_counts["client"] = len(tokenizer.encode(texts[rec.index], bos=False))
+            rec.token_counts.setdefault("usage", None)
+        result = summarize("online", workload, load, target, records, monitor, slo)
+        save_run(ws, base / result.summary.run_id, result)
+        results.append(result)
+    return results

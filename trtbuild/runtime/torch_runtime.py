@@ -1,0 +1,373 @@
+"""The torch backend runtime: runs `torch` engine directories with a small continuous-batching loop.
+
+    engine = TorchEngine(engine_dir)       # or trtbuild.runtime.load_engine(engine_dir)
+    stream = engine.submit(prompt_ids, SamplingParams(max_tokens=32, temperature=0))
+
+How it works (gpt-fast style, the whole hot path is in this file):
+- Weights and modules come from transformers' MistralForCausalLM (embeddings, norms, q/k/v/o and MLP
+  projections, rotary embedding); FP8 checkpoints get FP8Linear layers (trtbuild.runtime.fp8).
+  Attention is our own, over our own KV cache.
+- The KV cache is preallocated: [layers, max_batch_size, kv_heads, max_seq_len, head_dim] for keys and for
+  values, one slot per running request. Each step writes the new keys/values at the request's positions,
+  then attends over cache[slot, :, :max_len] with a mask that hides every position past the request's own
+  length, so requests of different lengths share one batched forward. With an FP8 KV cache the cache
+  tensors are float8_e4m3fn and hold round(k / k_scale), as an FP8 KV cache stores them.
+- A background thread loops: admit waiting requests into free slots (up to max_batch_size), prefill
+  them together (right-padded, their first token comes from their last prompt position), then one
+  batched decode step for every running request. Finished or cancelled requests free their slot at the
+  next step. Sampling is per request and seeded (trtbuild.runtime.sampling), so a request's tokens do not
+  depend on what else is in the batch.
+- Compute dtype: float32 on CPU (CPU float16 matmuls are slow and lossy), the weights' dtype on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
+
+from trtbuild.errors import TrtbuildError
+from trtbuild.manifest import Manifest, verify_engine
+from trtbuild.runtime.fp8 import FP8, install_fp8_linears, kv_cache_scales, round_fp8
+from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
+                                        SamplingParams)
+from trtbuild.runtime.sampling import SamplerState, sample_batch
+from trtbuild.tokenizer import Tokenizer
+
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_checkpoint(model_dir: Path, device: str):
+    """A Hugging Face Mistral checkpoint (plain or modelopt FP8 export) on `device` ->
+    (model, FP8 KV scales or None, stored weight dtype, compute dtype, number of FP8 linears)."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, MistralForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if getattr(config, "model_type", None) != "mistral":
+        raise TrtbuildError(f"{model_dir} holds a {getattr(config, 'model_type', '?')} model; the torch backend runs Mistral")
+    if getattr(config, "sliding_window", None):
+        raise TrtbuildError(f"{model_dir} uses sliding-window attention, which the torch backend does not implement")
+    if hasattr(config, "quantization_config"):  # modelopt's format: we apply the scales ourselves (fp8.py)
+        del config.quantization_config
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    if "model.embed_tokens.weight" not in tensors:
+        raise TrtbuildError(f"{model_dir} has no model weights (model.embed_tokens.weight); rebuild the engine")
+    weight_dtype = tensors["model.embed_tokens.weight"].dtype
+    dtype = weight_dtype if device.startswith("cuda") else torch.float32
+    with init_empty_weights():
+        model = MistralForCausalLM(config)
+    fp8_layers = install_fp8_linears(model, tensors)
+    kv_scales = kv_cache_scales(tensors, config.num_hidden_layers)
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=False,
+                                                assign=True)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    fp8_buffers = {f"{n}.{s}" for n in fp8_layers for s in ("weight", "weight_scale", "input_scale")}
+    still_empty = [n for n, p in model.named_parameters() if p.is_meta]
+    if unexpected or still_empty:
+        raise TrtbuildError(f"{model_dir}: checkpoint does not match the model (unexpected {unexpected[:3]}, "
+                            f"missing {still_empty[:3] or sorted(set(missing) - fp8_buffers)[:3]}); rebuild the engine")
+    return model.to(device).eval(), kv_scales, weight_dtype, dtype, len(fp8_layers)
+
+
+class KVCache:
+    """Keys and values of `batch` sequences of up to `max_len` tokens, per layer; FP8 when scales are given."""
+
+    def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype,
+                 device: str, fp8_scales: torch.Tensor | None = None):
+        self.dtype, self.scales = dtype, fp8_scales
+        shape = (layers, batch, kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=FP8 if fp8_scales is not None else dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, kv_heads, n, head_dim] at `positions` [B, n] of `slots` [B]; return this layer's
+        keys and values of those slots for positions [0, upto) as [B, kv_heads, upto, head_dim]."""
+        if self.scales is not None:
+            k, v = round_fp8(k, self.scales[layer, 0]), round_fp8(v, self.scales[layer, 1])
+        # Advanced indices on dims 0 and 2 put the indexed dims first: the target is [B, n, kv_heads, hd].
+        self.k[layer][slots[:, None], :, positions] = k.transpose(1, 2)
+        self.v[layer][slots[:, None], :, positions] = v.transpose(1, 2)
+        keys, values = self.k[layer][slots, :, :upto], self.v[layer][slots, :, :upto]
+        if self.scales is not None:
+            keys = keys.to(self.dtype) * self.scales[layer, 0].to(self.dtype)
+            values = values.to(self.dtype) * self.scales[layer, 1].to(self.dtype)
+        return keys, values
+
+
+class TorchModel:
+    """Mistral forward over a slot-indexed KV cache, built from transformers' modules."""
+
+    def __init__(self, model_dir: Path, device: str):
+        self.device = device
+        self.hf, self.kv_scales, self.weight_dtype, self.dtype, self.num_fp8_linears = load_checkpoint(model_dir, device)
+        cfg = self.hf.config
+        self.config = cfg
+        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        if self.kv_scales is not None:
+            self.kv_scales = self.kv_scales.to(device)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(self.config.num_hidden_layers, batch, self.num_kv_heads, max_len, self.head_dim,
+                       self.dtype, self.device, self.kv_scales)
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor, starts: torch.Tensor,
+                last: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, n] at positions starts[b] + (0..n-1) of cache slots[b] -> float32 logits of the
+        positions `last` selects in each row: last [B] -> [B, V]; last [B, k] -> [B, k, V]; None -> [B, n, V]."""
+        m = self.hf.model
+        batch, n = tokens.shape
+        positions = starts[:, None] + torch.arange(n, device=self.device)  # [B, n]
+        upto = int(positions.max()) + 1
+        # Query j of row b sees cached positions <= its own position: causal within the new tokens, and
+        # blind to another row's longer history or to padding written past its own length.
+        mask = torch.arange(upto, device=self.device)[None, None, None, :] <= positions[:, None, :, None]
+        x = m.embed_tokens(tokens)
+        cos, sin = m.rotary_emb(x, positions)
+        for i, layer in enumerate(m.layers):
+            x = x + self._attention(layer.self_attn, layer.input_layernorm(x), i, cos, sin, cache, slots,
+                                    positions, mask, upto)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if last is not None:  # the lm_head (the largest matmul of a small model) only where it is needed
+            rows = torch.arange(batch, device=self.device).view(-1, *([1] * (last.dim() - 1)))
+            x = x[rows, last]
+        return self.hf.lm_head(m.norm(x)).float()
+
+    def _attention(self, attn, h, layer, cos, sin, cache, slots, positions, mask, upto):
+        batch, n, _ = h.shape
+        q = attn.q_proj(h).view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys, values = cache.update(layer, slots, positions, k, v, upto)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return attn.o_proj(out.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
+
+
+@dataclass
+class _Request:
+    stream: RequestStream
+    sampler: SamplerState
+    slot: int = -1
+    length: int = 0  # tokens in the KV cache
+    next_token: int = -1  # sampled, not yet in the cache
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.stream.prompt_token_ids
+
+
+class TorchEngine(Engine):
+    def __init__(self, engine_dir: str | Path, device: str | None = None, manifest: Manifest | None = None,
+                 threads: int | None = None):
+        self.engine_dir = Path(engine_dir)
+        # Intra-op threads of the engine thread (thread-local in torch). One by default: a small model's
+        # decode matmuls are too small to split, and on shared cores OpenMP barriers stall (measured on a
+        # busy 2-core box, tiny model, one decode step at batch 1 / 8: 174 / 708 ms with 2 threads,
+        # 19 / 27 ms with 1). TRTBUILD_TORCH_THREADS overrides it, e.g. for a larger model on many cores.
+        self.threads = threads or int(os.environ.get("TRTBUILD_TORCH_THREADS", "1"))
+        manifest = manifest or verify_engine(self.engine_dir)
+        if manifest.backend != "torch":
+            raise TrtbuildError(f"{self.engine_dir.name} is a {manifest.backend} engine, not a torch one")
+        self.device = device or default_device()
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise TrtbuildError(f"device {self.device} was asked for but torch sees no CUDA GPU; use --device cpu")
+        model_dir = self.engine_dir / "model"
+        self.model = TorchModel(model_dir, self.device)
+        self.tokenizer = Tokenizer.from_model_dir(model_dir)
+        build = manifest.build
+        self.max_batch_size = int(build["max_batch_size"])
+        self.max_num_tokens = int(build.get("max_num_tokens") or 0) or None
+        max_seq_len = int(build["max_seq_len"])
+        precision = dict(manifest.precision, compute_dtype=DTYPE_NAMES[self.model.dtype], device=self.device)
+        self.info = EngineInfo(
+            name=self.engine_dir.name, variant=manifest.variant, backend="torch",
+            model_id=str(manifest.source.get("model_id", "")), max_seq_len=max_seq_len,
+            max_batch_size=self.max_batch_size, max_input_len=int(build["max_input_len"]),
+            vocab_size=self.model.config.vocab_size, eos_id=self.tokenizer.eos_id, precision=precision,
+            engine_dir=str(self.engine_dir), can_score=True)
+        self._check_precision(manifest)
+        self._cache = self.model.new_cache(self.max_batch_size, max_seq_len)
+        self._free_slots = list(range(self.max_batch_size - 1, -1, -1))
+        self._waiting: deque[_Request] = deque()
+        self._running: list[_Request] = []
+        self._cv = threading.Condition()
+        self._closing = False
+        self._dead: str | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"torch-engine-{self.engine_dir.name}", daemon=True)
+        self._thread.start()
+
+    def _check_precision(self, manifest: Manifest) -> None:
+        """The manifest and the checkpoint must agree on what is FP8: never run other numerics silently."""
+        def is_fp8(name):
+            return any(tag in str(manifest.precision.get(name, "")).lower() for tag in ("fp8", "float8"))
+        wants_fp8, wants_kv8 = is_fp8("weights"), is_fp8("kv_cache")
+        has_fp8, has_kv8 = self.model.num_fp8_linears > 0, self.model.kv_scales is not None
+        if (wants_fp8, wants_kv8) != (has_fp8, has_kv8):
+            raise TrtbuildError(f"engine {self.engine_dir.name}: manifest precision {manifest.precision} does not "
+                                f"match its checkpoint (fp8 linears: {has_fp8}, fp8 kv cache: {has_kv8}); "
+                                "rebuild it with `trtbuild compile --force`")
+
+    # --- the interface --------------------------------------------------------------------------------
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
+               request_id: str | None = None) -> RequestStream:
+        self._check_alive()
+        stream = self.new_stream(prompt_ids, params, request_id, on_cancel=self._wake)
+        with self._cv:
+            self._check_alive()
+            self._waiting.append(_Request(stream, SamplerState(params, list(prompt_ids), self.tokenizer.eos_id)))
+            self._cv.notify()
+        return stream
+
+    def score(self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]):
+        ids = [*prompt_ids, *continuation_ids]
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) > self.info.max_seq_len:
+            raise ContextLengthExceeded(len(prompt_ids), len(continuation_ids), self.info.max_seq_len,
+                                        self.info.max_input_len)
+        cache = self.model.new_cache(1, len(ids))  # a private cache: scoring never touches running requests
+        zero = torch.zeros(1, dtype=torch.long, device=self.device)
+        predicting = torch.arange(len(prompt_ids) - 1, len(ids) - 1, device=self.device)[None]
+        with torch.inference_mode():
+            logits = self.model.forward(torch.tensor([ids], device=self.device), cache, zero, zero, last=predicting)
+        return torch.log_softmax(logits[0], dim=-1).cpu().numpy()
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=60)
+
+    def _check_alive(self) -> None:
+        if self._dead is not None:
+            raise EngineError(f"engine {self.info.name} failed and stopped: {self._dead}")
+        if self._closing:
+            raise EngineError(f"engine {self.info.name} is closed")
+
+    def _wake(self, _stream=None) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    # --- the loop (engine thread only) ----------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                while self._step():
+                    pass
+        except Exception as exc:  # the model itself failed: every request in flight fails with it
+            self._dead = f"{type(exc).__name__}: {exc}"
+        self._end_all("error" if self._dead else "abort", self._dead)
+
+    def _step(self) -> bool:
+        with self._cv:
+            while not (self._closing or self._waiting or self._running):
+                self._cv.wait()
+            if self._closing:
+                return False
+            admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+        self._retire()
+        if self._running:
+            self._decode(self._running)
+        self._retire()
+        return True
+
+    def _admit(self) -> list[_Request]:
+        admitted = []
+        while self._waiting and self._free_slots:
+            req = self._waiting.popleft()
+            if req.stream.finished:  # cancelled while it waited
+                continue
+            req.slot = self._free_slots.pop()
+            req.stream.mark_scheduled()
+            admitted.append(req)
+        self._running.extend(admitted)
+        return admitted
+
+    def _prefill(self, requests: list[_Request]) -> None:
+        """Right-padded batches of whole prompts, each at most max_num_tokens padded tokens."""
+        group: list[_Request] = []
+        for req in sorted(requests, key=lambda r: len(r.prompt)):  # ascending: req is the longest so far
+            if group and self.max_num_tokens and len(req.prompt) * (len(group) + 1) > self.max_num_tokens:
+                self._prefill_group(group)
+                group = []
+            group.append(req)
+        self._prefill_group(group)
+
+    def _prefill_group(self, group: list[_Request]) -> None:
+        longest = max(len(r.prompt) for r in group)
+        tokens = torch.zeros(len(group), longest, dtype=torch.long)
+        for row, req in enumerate(group):
+            tokens[row, :len(req.prompt)] = torch.tensor(req.prompt)
+            req.length = len(req.prompt)
+        logits = self.model.forward(tokens.to(self.device), self._cache, self._slots(group),
+                                    torch.zeros(len(group), dtype=torch.long, device=self.device),
+                                    last=self._tensor([r.length - 1 for r in group]))
+        self._sample(group, logits)
+
+    def _decode(self, requests: list[_Request]) -> None:
+        tokens = self._tensor([[r.next_token] for r in requests])
+        starts = self._tensor([r.length for r in requests])
+        logits = self.model.forward(tokens, self._cache, self._slots(requests), starts,
+                                    last=torch.zeros(len(requests), dtype=torch.long, device=self.device))
+        for req in requests:
+            req.length += 1
+        self._sample(requests, logits)
+
+    def _sample(self, requests: list[_Request], logits: torch.Tensor) -> None:
+        # On the CPU: each request's seeded generator lives there (and the tokens are needed there anyway).
+        sampled = sample_batch(logits.cpu(), [r.sampler for r in requests])
+        for req, (token, logprob, top) in zip(requests, sampled):
+            req.next_token = token
+            req.stream.emit_token(token, logprob, top)
+
+    def _retire(self) -> None:
+        """Free the slots of finished requests (done, stopped or cancelled)."""
+        keep, done = [], []
+        for req in self._running:
+            (done if req.stream.finished else keep).append(req)
+        if done:
+            with self._cv:
+                self._running = keep
+                self._free_slots.extend(r.slot for r in done)
+
+    def _end_all(self, reason: str, error: str | None) -> None:
+        with self._cv:
+            left, self._running, self._waiting = [*self._running, *self._waiting], [], deque()
+        for req in left:
+            req.stream.finish(reason, error=error)
+
+    def _slots(self, requests: list[_Request]) -> torch.Tensor:
+        return self._tensor([r.slot for r in requests])
+
+    def _tensor(self, data) -> torch.Tensor:
+        return torch.tensor(data, dtype=torch.long, device=self.device)

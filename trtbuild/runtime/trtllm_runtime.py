@@ -1,0 +1,203 @@
+"""The TensorRT-LLM 1.2 runtime: a saved TensorRT engine behind trtbuild's generation interface.
+
+    engine = TrtllmEngine(engine_dir)          # <engine_dir>/engine is what LLM.save() wrote
+
+TensorRT-LLM batches in flight by itself; we only hand it token ids and map its streamed outputs to
+RequestStream.emit_token. The engine runs through `tensorrt_llm._tensorrt_engine.LLM` (the TensorRT
+backend: the plain `tensorrt_llm.LLM` is the PyTorch backend since 1.0 and cannot load an engine dir,
+TRT-LLM #8223), with `generate_async(..., streaming=True)` consumed on an asyncio loop in a background
+thread. Everything handed to TensorRT-LLM is computed by plain functions (to_trtllm_sampling_params,
+llm_kwargs) that tests check against the 1.2 field names; tensorrt_llm itself is imported only here,
+lazily, and its absence (or a missing GPU) is a one-line TrtbuildError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from trtbuild.errors import TrtbuildError
+from trtbuild.manifest import Manifest, verify_engine
+from trtbuild.runtime.interface import Engine, EngineError, EngineInfo, RequestStream, SamplingParams
+from trtbuild.tokenizer import Tokenizer
+
+# TensorRT-LLM's CompletionOutput.finish_reason -> ours, for a request that TensorRT-LLM ended itself.
+FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "abort", "timeout": "abort"}
+DEFAULT_FREE_GPU_MEMORY_FRACTION = 0.85
+
+
+def to_trtllm_sampling_params(params: SamplingParams, eos_id: int, max_new_tokens: int | None = None) -> dict:
+    """Keyword arguments for tensorrt_llm.SamplingParams (1.2) that ask for what `params` asks for.
+
+    - max_tokens is always set (TensorRT-LLM's default is 32), clamped to `max_new_tokens` (the room left
+      in max_seq_len: the TensorRT backend rejects prompt + max_tokens > max_seq_len).
+    - Greedy is top_k=1, set explicitly. Sampling sets temperature, top_p and top_k (0 = all) explicitly:
+      TensorRT-LLM treats "none of them given" as greedy. A missing seed becomes a random one (its
+      default seed is 0: every unseeded request would draw the same numbers).
+    - Stop strings are NOT passed: RequestStream matches them on the detokenized text (with hold-back,
+      across tokens) and we abort the request when it matches, exactly as on the torch backend; passing
+      them would need TensorRT-LLM's HF tokenizer, whose encoding differs from mistral-common's.
+      stop_token_ids are passed, with include_stop_str_in_output=True so the stop token stays in the
+      returned ids and RequestStream ends the request the same way as on every backend.
+    - detokenize=False: text comes from our tokenizer (trtbuild.runtime.detok).
+    """
+    out: dict = {
+        "max_tokens": max(1, min(params.max_tokens, max_new_tokens) if max_new_tokens else params.max_tokens),
+        "end_id": eos_id,
+        "pad_id": eos_id,
+        "n": 1,
+        "ignore_eos": params.ignore_eos,
+        "detokenize": False,
+        "include_stop_str_in_output": True,
+    }
+    if params.greedy:
+        out["top_k"] = 1
+    else:
+        out.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                   seed=params.seed if params.seed is not None else random.SystemRandom().getrandbits(63))
+    if params.stop_token_ids:
+        out["stop_token_ids"] = list(params.stop_token_ids)
+    if params.min_tokens:
+        out["min_tokens"] = params.min_tokens
+    if params.repetition_penalty != 1:
+        out["repetition_penalty"] = params.repetition_penalty
+    if params.presence_penalty:
+        out["presence_penalty"] = params.presence_penalty
+    if params.frequency_penalty:
+        out["frequency_penalty"] = params.frequency_penalty
+    if params.logprobs or params.top_logprobs:
+        out["logprobs"] = max(1, params.top_logprobs)  # top-k per token; the sampled token's is read too
+    return out
+
+
+def llm_kwargs(engine_dir: Path, build: dict,
+               free_gpu_memory_fraction: float = DEFAULT_FREE_GPU_MEMORY_FRACTION) -> tuple[dict, dict]:
+    """(LLM keyword arguments, KvCacheConfig keyword arguments) to load a saved engine directory."""
+    llm = {
+        "model": str(engine_dir),
+        # Token ids in, token ids out: our tokenizer (mistral-common) is the one source of ids.
+        "skip_tokenizer_init": True,
+        # Logprobs on the TensorRT backend are computed from generation logits, which must be gathered.
+        "gather_generation_logits": bool(build.get("gather_generation_logits", False)),
+    }
+    return llm, {"free_gpu_memory_fraction": free_gpu_memory_fraction}
+
+
+def token_logprob(entry, token_id: int) -> tuple[float | None, list[tuple[int, float]] | None]:
+    """One CompletionOutput.logprobs entry ({token: Logprob} or a float) -> (logprob, top alternatives)."""
+    if entry is None:
+        return None, None
+    if isinstance(entry, dict):
+        values = {int(t): float(getattr(lp, "logprob", lp)) for t, lp in entry.items()}
+        top = sorted(values.items(), key=lambda kv: kv[1], reverse=True)
+        return values.get(token_id), top
+    return float(entry), None
+
+
+class TrtllmEngine(Engine):
+    def __init__(self, engine_dir: str | Path, manifest: Manifest | None = None,
+                 free_gpu_memory_fraction: float = DEFAULT_FREE_GPU_MEMORY_FRACTION):
+        from trtbuild.trtllm_backend import require_trtllm
+
+        self.engine_dir = Path(engine_dir)
+        require_trtllm()  # one line naming what is missing: tensorrt_llm 1.2 or a GPU
+        manifest = manifest or verify_engine(self.engine_dir)
+        if manifest.backend != "tensorrt-llm":
+            raise TrtbuildError(f"{self.engine_dir.name} is a {manifest.backend} engine, not a TensorRT-LLM one")
+        from tensorrt_llm import SamplingParams as TrtSamplingParams
+        from tensorrt_llm._tensorrt_engine import LLM
+        from tensorrt_llm.llmapi import KvCacheConfig
+
+        trt_dir = self.engine_dir / "engine"
+        self._SamplingParams = TrtSamplingParams
+        build = manifest.build
+        kwargs, kv_kwargs = llm_kwargs(trt_dir, build, free_gpu_memory_fraction)
+        self.llm = LLM(**kwargs, kv_cache_config=KvCacheConfig(**kv_kwargs))
+        self.tokenizer = Tokenizer.from_model_dir(trt_dir)
+        self._gathers_logits = kwargs["gather_generation_logits"]
+        self.info = EngineInfo(
+            name=self.engine_dir.name, variant=manifest.variant, backend="tensorrt-llm",
+            model_id=str(manifest.source.get("model_id", "")), max_seq_len=int(build["max_seq_len"]),
+            max_batch_size=int(build["max_batch_size"]), max_input_len=int(build["max_input_len"]),
+            vocab_size=self.tokenizer.vocab_size, eos_id=self.tokenizer.eos_id, precision=dict(manifest.precision),
+            engine_dir=str(self.engine_dir), can_score=False)
+        self._streams: dict[str, RequestStream] = {}  # request id -> stream, for every request in flight
+        self._handles: dict[str, object] = {}  # request id -> TensorRT-LLM RequestOutput (loop thread only)
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="trtllm-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
+               request_id: str | None = None) -> RequestStream:
+        if self._closed:
+            raise EngineError(f"engine {self.info.name} is closed")
+        if (params.logprobs or params.top_logprobs) and not self._gathers_logits:
+            raise ValueError(f"logprobs need an engine built with gather_generation_logits = true; "
+                             f"{self.info.name} was not")
+        stream = self.new_stream(prompt_ids, params, request_id, on_cancel=self._cancel)
+        room = self.info.max_seq_len - len(stream.prompt_token_ids)
+        sampling = self._SamplingParams(**to_trtllm_sampling_params(params, self.tokenizer.eos_id, room))
+        self._streams[stream.request_id] = stream
+        asyncio.run_coroutine_threadsafe(self._run(stream, sampling), self._loop)
+        return stream
+
+    async def _run(self, stream: RequestStream, sampling) -> None:
+        output = None
+        try:
+            stream.mark_scheduled()  # handed to TensorRT-LLM's own in-flight batcher
+            output = self.llm.generate_async({"prompt_token_ids": stream.prompt_token_ids}, sampling_params=sampling,
+                                             streaming=True)
+            self._handles[stream.request_id] = output
+            if stream.finished:  # cancelled before it started
+                output.abort()
+                return
+            seen, completion = 0, None
+            async for step in output:
+                completion = step.outputs[0]
+                new_ids = completion.token_ids[seen:]
+                logprobs = (completion.logprobs or [])[seen:]
+                for j, token in enumerate(new_ids):
+                    logprob, top = token_logprob(logprobs[j] if j < len(logprobs) else None, token)
+                    if stream.emit_token(token, logprob, top):
+                        break
+                seen = len(completion.token_ids)
+                if stream.finished:  # a stop string, max_tokens or a cancel: stop TensorRT-LLM's work too
+                    output.abort()
+                    break
+            if not stream.finished:  # TensorRT-LLM ended it without a token we saw (end_id is not returned)
+                reason = getattr(completion, "finish_reason", None)
+                stream.stop_reason = getattr(completion, "stop_reason", None)
+                stream.finish(FINISH_REASONS.get(reason, "stop"))
+        except Exception as exc:  # TensorRT-LLM raises RequestError and friends per request
+            if output is not None:
+                output.abort()
+            stream.finish("error", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._handles.pop(stream.request_id, None)
+            self._streams.pop(stream.request_id, None)
+
+    def _cancel(self, stream: RequestStream) -> None:
+        def abort():
+            handle = self._handles.get(stream.request_id)
+            if handle is not None:
+                handle.abort()
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(abort)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._streams)  # TensorRT-LLM queues internally: everything submitted counts as in flight
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for stream in list(self._streams.values()):
+            stream.cancel()  # finish "abort" here, abort() in TensorRT-LLM on the loop
+        self.llm.shutdown()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)

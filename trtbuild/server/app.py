@@ -1,0 +1,105 @@
+"""The ASGI app: OpenAI-compatible routes over any Engine (trtbuild.runtime.interface), nothing else.
+
+    app = create_app(engine, ServerSettings(api_key="..."))          # an Engine, or
+    app = create_app(lambda: load_engine(path), settings)             # a loader, run after the socket is up
+    uvicorn.run(app, host="127.0.0.1", port=8000)                     # `trtbuild serve` does this
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics,
+POST /tokenize, POST /detokenize, GET /version. See serve/README.md for the behaviour clients can rely on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from trtbuild import __version__
+from trtbuild.runtime.interface import Engine
+from trtbuild.server.prompts import encode_chat, encode_text
+from trtbuild.server.errors import bad_request, install_error_handlers, json_response, unavailable
+from trtbuild.server.generate import generate
+from trtbuild.server.metrics import CONTENT_TYPE
+from trtbuild.server.middleware import ServerMiddleware
+from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from trtbuild.server.state import ServerSettings, ServerState
+
+
+def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | None = None,
+               on_load_error: Callable[[Exception], None] | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+    state = ServerState(engine, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.start_loading(on_load_error)
+        yield
+        state.close()  # in-flight requests were given shutdown_timeout to finish; the rest end "abort"
+
+    app = FastAPI(title="trtbuild OpenAI-compatible server", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible endpoints for one engine built by trtbuild.")
+    app.state.server = state
+    install_error_handlers(app)
+    app.add_middleware(ServerMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await generate(request, body)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await generate(request, body)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        engine = state.ready()
+        card = {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "trtbuild",
+                "root": engine.info.model_id, "max_model_len": engine.info.max_seq_len,
+                "trtbuild": {"variant": engine.info.variant, "backend": engine.info.backend,
+                             "precision": engine.info.precision}}
+        return json_response({"object": "list", "data": [card]})
+
+    @app.get("/health")
+    async def health() -> Response:
+        status, why = state.health
+        if status != 200:
+            return unavailable(f"Not ready: {why}.").response()
+        return json_response({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/version")
+    async def version() -> Response:
+        data = {"version": __version__}
+        if state.engine is not None:
+            info = state.engine.info
+            data.update(engine=info.name, variant=info.variant, backend=info.backend)
+        return json_response(data)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> Response:
+        engine = state.ready()
+        state.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise bad_request("Send exactly one of prompt or messages.", param="prompt")
+        if body.messages is not None:
+            tokens = encode_chat(engine.tokenizer, body.messages, body.tools)
+        else:
+            tokens = encode_text(engine.tokenizer, body.prompt, bos=body.add_special_tokens is not False)
+        return json_response({"tokens": tokens, "count": len(tokens), "max_model_len": engine.info.max_seq_len})
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> Response:
+        engine = state.ready()
+        state.check_model(body.model)
+        bad = [t for t in body.tokens if not 0 <= t < engine.info.vocab_size]
+        if bad:
+            raise bad_request(f"token {bad[0]} is outside the vocabulary [0, {engine.info.vocab_size}).",
+                              param="tokens")
+        return json_response({"prompt": engine.tokenizer.decode(body.tokens)})
+
+    return app

@@ -1,0 +1,191 @@
+"""/v1/chat/completions and /v1/completions: request -> prompt ids -> engine streams -> JSON or SSE.
+
+The flow of one request:
+1. encode the prompt(s) (chat through mistral-common), build one SamplingParams per choice;
+2. admit and submit every sequence (ServerState.submit: 429 when the bounded queue is full);
+3. non-streaming: wait for all results, racing the client's disconnect;
+   streaming: send one SSE chunk per batch of tokens that arrived together (RequestStream.aiter_batches),
+   so a busy server sends at most one event per request per engine step;
+4. always (finished, failed, or the client left): cancel what still runs, free the admission slots,
+   record metrics and the access-log fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator, Sequence
+
+from fastapi import Request
+from starlette.responses import Response, StreamingResponse
+
+from trtbuild.runtime.interface import ContextLengthExceeded, GenerationResult, RequestStream
+from trtbuild.server.prompts import encode_chat, encode_text
+from trtbuild.server.errors import bad_request, engine_failure, json_response, unavailable
+from trtbuild.server.middleware import AccessRecord
+from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from trtbuild.server.render import DONE, Renderer, sse
+from trtbuild.server.state import ServerState
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def generate(request: Request, body: GenerationRequest) -> Response:
+    state: ServerState = request.app.state.server
+    engine = state.ready()
+    state.check_model(body.model)
+    body.check()
+    chat = isinstance(body, ChatCompletionRequest)
+    param = "messages" if chat else "prompt"
+    prompts = prompt_ids(state, body)
+    n = body.n or 1
+    if len(prompts) * n > state.capacity:
+        raise bad_request(f"This request asks for {len(prompts) * n} sequences (prompts x n); the server runs at "
+                          f"most {state.capacity} at once (max batch size + --max-queue).", param="n")
+    jobs = []
+    for p, prompt in enumerate(prompts):
+        for c in range(n):
+            try:
+                jobs.append((prompt, body.sampling_params(len(prompt), engine.info, choice=p * n + c)))
+            except ContextLengthExceeded as exc:
+                raise bad_request(str(exc), param=param, code="context_length_exceeded") from None
+    renderer = Renderer(chat, state.model_name, state.token_texts, body.logprob_settings()[0], body.include_usage)
+    streams = state.submit(engine, jobs, renderer.id, param)
+    prompt_tokens = sum(len(p) for p in prompts)
+    record = request.scope.get("trtbuild") or AccessRecord(renderer.id)
+    if body.stream:
+        events = sse_events(state, renderer, streams, prompt_tokens, body.include_usage)
+        return SSEResponse(events, cleanup=lambda: finish(state, streams, prompt_tokens, record))
+    try:
+        results = await results_or_disconnect(request, streams)
+    finally:
+        finish(state, streams, prompt_tokens, record)
+    if results is None:  # the client left; nobody reads this
+        return Response(status_code=499)
+    for result in results:
+        check_result(state, result)
+    return json_response(renderer.response(results, prompt_tokens))
+
+
+def prompt_ids(state: ServerState, body: GenerationRequest) -> list[list[int]]:
+    tokenizer = state.engine.tokenizer
+    if isinstance(body, ChatCompletionRequest):
+        return [encode_chat(tokenizer, body.messages, body.tools)]
+    assert isinstance(body, CompletionRequest)
+    # A text prompt gets BOS like any Mistral prompt; token ids are used exactly as given.
+    return [p if isinstance(p, list) else encode_text(tokenizer, p) for p in body.prompts()]
+
+
+def check_result(state: ServerState, result: GenerationResult) -> None:
+    if result.finish_reason == "error":
+        raise engine_failure(result.error or "unknown error")
+    if result.finish_reason == "abort":
+        raise unavailable(abort_message(state))
+
+
+def abort_message(state: ServerState) -> str:
+    if state.shutting_down:
+        return "The request was cancelled: the server is shutting down."
+    return "The request was aborted by the engine."
+
+
+def finish(state: ServerState, streams: Sequence[RequestStream], prompt_tokens: int, record: AccessRecord) -> None:
+    state.release(streams)
+    state.metrics.observe(streams, prompt_tokens)
+    record.prompt_tokens = prompt_tokens
+    record.completion_tokens = sum(len(s.token_ids) for s in streams)
+    record.finish_reasons = [s.finish_reason or "abort" for s in streams]
+    firsts = [s.timings.first_token_ns for s in streams if s.timings.first_token_ns]
+    if firsts:
+        record.ttft_s = (min(firsts) - streams[0].timings.arrival_ns) / 1e9
+
+
+async def results_or_disconnect(request: Request, streams: Sequence[RequestStream]) -> list[GenerationResult] | None:
+    """All results, or None as soon as the client disconnects (its streams are then cancelled by finish)."""
+    results = asyncio.ensure_future(asyncio.gather(*(s.aresult() for s in streams)))
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait((results, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not results.done():
+            results.cancel()
+    return results.result() if results.done() and not results.cancelled() else None
+
+
+async def disconnected(request: Request) -> None:
+    # The body was read already: the next message uvicorn delivers is http.disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class SSEResponse(StreamingResponse):
+    """A StreamingResponse that runs `cleanup` however the response ends. Starlette cancels the body when
+    the client disconnects, possibly before the generator ever started (its own `finally` would then
+    never run), so cancelling the generation cannot live in the generator."""
+
+    def __init__(self, events: AsyncIterator[str], cleanup):
+        super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.cleanup = cleanup
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.cleanup()
+            await self.body_iterator.aclose()  # a generator left suspended by the cancellation
+
+
+async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[RequestStream], prompt_tokens: int,
+                     include_usage: bool) -> AsyncIterator[str]:
+    """The SSE body: role chunks (chat), one chunk per batch of events per choice, usage, [DONE]."""
+    if renderer.chat:
+        for index in range(len(streams)):
+            yield renderer.role_chunk(index)
+    failed = None
+    single = len(streams) == 1  # the common case: no merging task and queue hop per chunk
+    source = streams[0].aiter_batches() if single else merged_batches(streams)
+    async with contextlib.aclosing(source) as batches:
+        async for item in batches:
+            index, events = (0, item) if single else item
+            reason = events[-1].finish_reason
+            if reason in ("error", "abort"):
+                failed = streams[index].error if reason == "error" else abort_message(state)
+                reason = None  # text that came before the failure is still sent
+            chunk = renderer.delta_chunk(index, events, reason)
+            if chunk is not None:
+                yield chunk
+            if failed is not None:
+                break
+    if failed is not None:
+        error = engine_failure(failed) if streams[index].finish_reason == "error" else unavailable(failed)
+        yield sse(error.body())
+    elif include_usage:
+        yield renderer.usage_chunk(prompt_tokens, sum(len(s.token_ids) for s in streams))
+    yield DONE
+
+
+async def merged_batches(streams: Sequence[RequestStream]) -> AsyncIterator[tuple[int, list]]:
+    """(choice index, events that arrived together) from all of a request's streams (n > 1), as they come."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, stream: RequestStream) -> None:
+        try:
+            async for events in stream.aiter_batches():
+                queue.put_nowait((index, events))
+        finally:
+            queue.put_nowait((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, events = await queue.get()
+            if events is None:
+                remaining -= 1
+            else:
+                yield index, events
+    finally:
+        for task in tasks:
+            task.cancel()
+

@@ -1,0 +1,118 @@
+"""One plain ASGI middleware for what every request goes through before and after its handler:
+request id, API key, body size limit, and one JSON access-log line.
+
+Plain ASGI rather than Starlette's BaseHTTPMiddleware, which re-buffers streaming responses and costs a
+task per request; here a streamed SSE response passes through untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+
+from trtbuild.server.errors import APIError
+
+access_log = logging.getLogger("trtbuild.server.access")
+
+# Paths that never need the API key: probes and scrapers must work without it.
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+@dataclass
+class AccessRecord:
+    """What a handler tells the access log about its request (found in scope["trtbuild"])."""
+
+    request_id: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_s: float | None = None
+    finish_reasons: list[str] | None = None
+    error: str | None = None
+
+
+class ServerMiddleware:
+    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        headers = dict(scope.get("headers") or ())
+        given_id = headers.get(b"x-request-id", b"").decode("latin-1")
+        record = AccessRecord(given_id if _SAFE_ID.fullmatch(given_id) else uuid.uuid4().hex)
+        scope["trtbuild"] = record
+        status = 0
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", record.request_id.encode())]
+            await send(message)
+
+        try:
+            rejection = self._reject(scope, headers)
+            if rejection is not None:
+                record.error = rejection.message
+                return await rejection.response()(scope, receive, send_with_id)
+            await self.app(scope, self._limited(receive), send_with_id)
+        finally:
+            self._log(scope, record, status, time.perf_counter() - start)
+
+    def _reject(self, scope, headers: dict) -> APIError | None:
+        if self.api_key is not None and scope["path"] not in PUBLIC_PATHS:
+            auth = headers.get(b"authorization", b"")
+            scheme, _, key = auth.partition(b" ")
+            # constant-time comparison: the time taken must not reveal how much of a guess was right
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.api_key):
+                return APIError(401, "Incorrect or missing API key. Send `Authorization: Bearer <key>`.",
+                                code="invalid_api_key")
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            return self._too_large()
+        return None
+
+    def _too_large(self) -> APIError:
+        return APIError(413, f"Request body is larger than the server's limit of {self.max_body_bytes} bytes "
+                        "(--max-body-bytes).", code="request_too_large")
+
+    def _limited(self, receive):
+        """Count body bytes as they arrive, for bodies sent without Content-Length (chunked)."""
+        seen = 0
+
+        async def wrapped():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:  # FastAPI re-raises an HTTPException met while reading
+                    raise HTTPException(413, self._too_large().message)
+            return message
+
+        return wrapped
+
+    @staticmethod
+    def _log(scope, record: AccessRecord, status: int, duration_s: float) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        line = {"ts": round(time.time(), 3), "request_id": record.request_id, "method": scope.get("method"),
+                "path": scope.get("path"), "status": status or 499,
+                "client": (scope.get("client") or ("", 0))[0], "duration_s": round(duration_s, 4)}
+        if record.prompt_tokens is not None:
+            line.update(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
+                        ttft_s=None if record.ttft_s is None else round(record.ttft_s, 4),
+                        finish_reasons=record.finish_reasons)
+        if record.error:
+            line["error"] = record.error
+        access_log.info(json.dumps(line))

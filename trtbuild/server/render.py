@@ -1,0 +1,162 @@
+"""Response bodies and SSE chunks in OpenAI's exact shapes.
+
+Streaming chunks are the hot path (one per request per engine step at most): each is one json.dumps of
+a small dict between a prefix and suffix built once per request, not a pydantic model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Sequence
+
+from trtbuild.runtime.interface import GenerationResult, TokenEvent
+from trtbuild.tokenizer import Tokenizer
+
+DONE = "data: [DONE]\n\n"
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def sse(data: dict) -> str:
+    return f"data: {_compact(data)}\n\n"
+
+
+class TokenTexts:
+    """Token id -> (text, utf-8 bytes) for logprobs, the way OpenAI shows tokens (" Hello", not "▁Hello")."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._cache: dict[int, tuple[str, list[int]]] = {}
+
+    def __call__(self, token_id: int) -> tuple[str, list[int]]:
+        hit = self._cache.get(token_id)
+        if hit is None:
+            piece = self.tokenizer.id_to_piece(token_id)
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # byte fallback
+                byte = int(piece[3:5], 16)
+                # a lone byte of a multi-byte character is not text: show it as vLLM does
+                text = chr(byte) if byte < 0x80 else f"bytes:\\x{byte:02x}"
+                hit = (text, [byte])
+            else:
+                text = piece.replace("\u2581", " ")
+                hit = (text, list(text.encode("utf-8")))
+            self._cache[token_id] = hit
+        return hit
+
+    # --- chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]} -----------------------
+    def chat_logprobs(self, token_ids: Sequence[int], logprobs: Sequence[float] | None,
+                      tops: Sequence[list] | None) -> dict:
+        content = []
+        for i, token_id in enumerate(token_ids):
+            text, raw = self(token_id)
+            top = []
+            for alt_id, alt_lp in (tops[i] if tops else ()):
+                alt_text, alt_raw = self(alt_id)
+                top.append({"token": alt_text, "logprob": _finite(alt_lp), "bytes": alt_raw})
+            content.append({"token": text, "logprob": _finite(logprobs[i]) if logprobs else None, "bytes": raw,
+                            "top_logprobs": top})
+        return {"content": content, "refusal": None}
+
+    # --- completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"} -----------------------
+    def completion_logprobs(self, token_ids: Sequence[int], logprobs: Sequence[float] | None,
+                            tops: Sequence[list] | None, offset: int = 0) -> dict:
+        tokens, offsets = [], []
+        for token_id in token_ids:
+            text = self(token_id)[0]
+            tokens.append(text)
+            offsets.append(offset)
+            offset += len(text)
+        return {"tokens": tokens, "token_logprobs": [_finite(lp) for lp in (logprobs or [])],
+                "top_logprobs": [{self(t)[0]: _finite(lp) for t, lp in top} for top in tops] if tops else None,
+                "text_offset": offsets}
+
+
+def _finite(value: float) -> float:
+    # JSON has no -Infinity: a token the model rules out entirely is reported at the float32 floor.
+    return value if value > -3.4e38 else -3.4e38
+
+
+class Renderer:
+    """Builds one request's bodies (chat or text completion); knows its id, model and options."""
+
+    def __init__(self, chat: bool, model: str, texts: TokenTexts, logprobs: bool, include_usage: bool):
+        self.chat, self.model, self.texts, self.logprobs = chat, model, texts, logprobs
+        self.id = new_id("chatcmpl" if chat else "cmpl")
+        self.created = int(time.time())
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        self._head = (f'data: {{"id":"{self.id}","object":"{kind}","created":{self.created},'
+                      f'"model":{_compact(model)},"choices":[')
+        # OpenAI: with include_usage, every chunk carries "usage": null until the final usage chunk
+        self._tail = '],"usage":null}\n\n' if include_usage else "]}\n\n"
+        # the common chunk (text only) as a template: the hot path of a busy server
+        self._text_open = '{"index":%d,"delta":{"content":' if chat else '{"index":%d,"text":'
+        self._text_close = ('},' if chat else ',') + '"logprobs":null,"finish_reason":null}' + self._tail
+        self._text_offsets: dict[int, int] = {}
+
+    # --- streaming -----------------------------------------------------------------------------------
+    def role_chunk(self, index: int) -> str:
+        return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                            "finish_reason": None})
+
+    def delta_chunk(self, index: int, events: list[TokenEvent], finish_reason: str | None) -> str | None:
+        """The chunk for every event of one choice that arrived at once; None when it carries nothing."""
+        text = events[0].text if len(events) == 1 else "".join(e.text for e in events)
+        if finish_reason is None and not self.logprobs:
+            return self._head + self._text_open % index + _compact(text) + self._text_close if text else None
+        logprobs = None
+        if self.logprobs:
+            tokens = [e for e in events if e.token_id >= 0]
+            if tokens:
+                logprobs = self._logprobs([e.token_id for e in tokens], [e.logprob for e in tokens],
+                                          [e.top_logprobs or [] for e in tokens], index, text)
+        if not text and logprobs is None and finish_reason is None:
+            return None
+        if self.chat:
+            choice = {"index": index, "delta": {"content": text} if text or finish_reason is None else {},
+                      "logprobs": logprobs, "finish_reason": finish_reason}
+        else:
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        return self._chunk(choice)
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> str:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return sse({"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": [],
+                    "usage": usage(prompt_tokens, completion_tokens)})
+
+    def _chunk(self, choice: dict) -> str:
+        return self._head + _compact(choice) + self._tail
+
+    def _logprobs(self, token_ids, logprobs, tops, index: int, text: str):
+        if self.chat:
+            return self.texts.chat_logprobs(token_ids, logprobs, tops)
+        offset = self._text_offsets.get(index, 0)
+        self._text_offsets[index] = offset + len(text)
+        return self.texts.completion_logprobs(token_ids, logprobs, tops, offset)
+
+    # --- whole responses -----------------------------------------------------------------------------
+    def response(self, results: Sequence[GenerationResult], prompt_tokens: int) -> dict:
+        choices = []
+        for index, r in enumerate(results):
+            logprobs = None
+            if self.logprobs:
+                args = (r.token_ids, r.logprobs, r.top_logprobs)
+                logprobs = self.texts.chat_logprobs(*args) if self.chat else self.texts.completion_logprobs(*args)
+            if self.chat:
+                choices.append({"index": index, "message": {"role": "assistant", "content": r.text},
+                                "logprobs": logprobs, "finish_reason": r.finish_reason})
+            else:
+                choices.append({"index": index, "text": r.text, "logprobs": logprobs,
+                                "finish_reason": r.finish_reason})
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices,
+                "usage": usage(prompt_tokens, sum(len(r.token_ids) for r in results))}

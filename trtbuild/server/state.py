@@ -1,0 +1,158 @@
+"""The server's view of its engine: loading, admission (the bounded queue), submission, shutdown.
+
+Everything here runs on the event loop thread, so the counters need no locks; the engine is thread-safe
+and runs its own loop (trtbuild.runtime.interface).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from trtbuild.errors import TrtbuildError
+from trtbuild.runtime.interface import ContextLengthExceeded, Engine, EngineError, RequestStream, SamplingParams
+from trtbuild.server.errors import bad_request, model_not_found, overloaded, unavailable
+from trtbuild.server.metrics import Metrics
+from trtbuild.server.render import TokenTexts
+
+log = logging.getLogger("trtbuild.server")
+
+
+@dataclass
+class ServerSettings:
+    served_model_name: str | None = None  # the model id clients send; default: the engine's name
+    api_key: str | None = None  # when set, /v1/*, /tokenize and /detokenize need `Authorization: Bearer KEY`
+    max_queue: int = 256  # sequences admitted beyond the engine's max batch size; more -> 429
+    max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies -> 413
+    shutdown_timeout: float = 10.0  # seconds in-flight requests get to finish on SIGTERM before being cancelled
+
+
+class ServerState:
+    def __init__(self, engine: Engine | Callable[[], Engine], settings: ServerSettings):
+        self.settings = settings
+        self.engine: Engine | None = engine if isinstance(engine, Engine) else None
+        self._loader = None if self.engine is not None else engine
+        self.load_error: str | None = None
+        self.dead: str | None = None
+        self.shutting_down = False
+        self.admitted = 0  # sequences submitted and not yet released
+        self.streams: set[RequestStream] = set()
+        self.created = int(time.time())
+        self.metrics = Metrics(running=lambda: self.engine.num_running if self.engine else 0,
+                               waiting=lambda: self.engine.num_waiting if self.engine else 0,
+                               admitted=lambda: self.admitted)
+        self._token_texts: TokenTexts | None = None
+
+    @property
+    def token_texts(self) -> TokenTexts:
+        if self._token_texts is None:
+            self._token_texts = TokenTexts(self.engine.tokenizer)
+        return self._token_texts
+
+    # --- loading ---------------------------------------------------------------------------------------
+    def start_loading(self, on_error: Callable[[Exception], None] | None = None) -> None:
+        """Load the engine in a thread, so the socket answers (/health 503) while weights load."""
+        if self._loader is None:
+            return
+
+        def load():
+            try:
+                self.engine = self._loader()
+                log.info("engine %s loaded", self.engine.info.name)
+            except Exception as exc:  # noqa: BLE001 - reported through /health and the serve command
+                self.load_error = str(exc) if isinstance(exc, TrtbuildError) else f"{type(exc).__name__}: {exc}"
+                log.error("engine failed to load: %s", exc)
+                if on_error is not None:
+                    on_error(exc)
+
+        threading.Thread(target=load, name="trtbuild-engine-load", daemon=True).start()
+
+    @property
+    def health(self) -> tuple[int, str]:
+        if self.load_error:
+            return 503, f"engine failed to load: {self.load_error}"
+        if self.engine is None:
+            return 503, "loading the engine"
+        if self.dead:
+            return 503, f"engine stopped: {self.dead}"
+        if self.shutting_down:
+            return 503, "shutting down"
+        return 200, "ok"
+
+    def ready(self) -> Engine:
+        """The engine, or a 503 that says why there is none to use."""
+        status, why = self.health
+        if status != 200:
+            raise unavailable(f"The server cannot take requests now: {why}.")
+        return self.engine
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.served_model_name or (self.engine.info.name if self.engine else "loading")
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise model_not_found(model)
+
+    # --- admission and submission ----------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self.engine.info.max_batch_size + self.settings.max_queue
+
+    def submit(self, engine: Engine, jobs: Sequence[tuple[list[int], SamplingParams]], request_id: str,
+               prompt_param: str) -> list[RequestStream]:
+        """Submit every sequence of a request, or none of them (a 4xx/5xx APIError)."""
+        if self.admitted + len(jobs) > self.capacity:
+            raise overloaded(self.admitted, self.capacity)
+        streams: list[RequestStream] = []
+        try:
+            for i, (prompt, params) in enumerate(jobs):
+                streams.append(engine.submit(prompt, params, request_id=f"{request_id}-{i}"))
+        except ContextLengthExceeded as exc:
+            raise bad_request(str(exc), param=prompt_param, code="context_length_exceeded") from None
+        except ValueError as exc:
+            raise bad_request(str(exc), param=prompt_param) from None
+        except EngineError as exc:
+            self.dead = str(exc)
+            log.error("engine is not running: %s", exc)
+            raise unavailable(f"The engine is not running: {exc}") from None
+        finally:
+            if len(streams) < len(jobs):
+                for stream in streams:
+                    stream.cancel()
+        self.admitted += len(streams)
+        self.streams.update(streams)
+        return streams
+
+    def release(self, streams: Sequence[RequestStream]) -> None:
+        """The request is over (finished, failed or its client left): stop what still runs, free its slots."""
+        for stream in streams:
+            stream.cancel()  # a no-op for finished streams
+            self.streams.discard(stream)
+        self.admitted -= len(streams)
+
+    # --- shutdown ----------------------------------------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """SIGTERM: refuse new work; cancel what is still running after the grace period."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        log.info("shutting down: %d sequences in flight get %.0f s to finish", len(self.streams),
+                 self.settings.shutdown_timeout)
+        asyncio.get_running_loop().call_later(self.settings.shutdown_timeout, self.cancel_all)
+
+    def cancel_all(self) -> None:
+        if self.streams:
+            log.warning("cancelling %d sequences still running at shutdown", len(self.streams))
+        for stream in list(self.streams):
+            stream.cancel()
+
+    def close(self) -> None:
+        self.shutting_down = True
+        self.cancel_all()
+        if self.engine is not None:
+            self.engine.close()

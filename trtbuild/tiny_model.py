@@ -1,0 +1,271 @@
+"""The embedded model `builtin:tiny-mistral`: a small MistralForCausalLM trained at creation time.
+
+Why trained, not random: with random weights the next-token distributions are nearly flat, and FP8
+fake-quant flips the greedy token 8-20% of the time, so validating an FP8 engine against the reference
+would measure noise. A few seconds of training on the bundled corpus (trtbuild/data) make the model
+confident: greedy decoding is then stable under FP8/FP16 rounding and its chat replies are recognisable
+("What is the capital of France?" -> "The capital of France is Paris.").
+
+Why it trains fast on 2 CPU cores: the vocabulary is 32768 (the real v3 tokenizer), but the corpus uses
+about 1.5k distinct tokens. Training keeps lm_head rows of every other token at zero, so their logits
+are exactly 0 and the full-vocabulary softmax needs only one extra constant column, log(#other tokens):
+the loss is the exact full-vocabulary cross-entropy at a twentieth of the cost.
+
+Deterministic: fixed seed, fixed thread count, fixed step count; the same machine and library versions
+give byte-identical weights (tests hash two creations). The cache directory name hashes the recipe, the
+corpus, the seed and the torch/transformers versions, so any change makes a new model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from trtbuild.manifest import canonical_hash, library_versions
+from trtbuild.workspace import Workspace, atomic_write_json
+
+NAME = "builtin:tiny-mistral"
+TOKENIZER_FILE = "tokenizer.model.v3"
+INFO_FILE = "tiny_model.json"  # how it was made: recipe, loss, creation time
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """Architecture and training schedule. Any change gives a new cache directory."""
+
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 2  # GQA like the 7B (32 / 8)
+    max_position_embeddings: int = 2048
+    seq_len: int = 256  # training windows (each starts at a document's BOS)
+    batch_size: int = 6
+    steps: int = 150
+    lr: float = 5e-3
+    warmup_steps: int = 10
+    input_noise: float = 0.0  # share of input tokens replaced by random corpus tokens (targets kept)
+    seed: int = 0
+    threads: int = 1  # fixed: the float reduction order (hence the weights) depends on it; 1 is also
+    # the fastest on a busy 2-core machine (more OpenMP threads than free cores spin and crawl)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def cache_key(recipe: TinyRecipe) -> str:
+    from trtbuild.data import corpus_hash
+
+    versions = library_versions()
+    return canonical_hash({"recipe": recipe.to_dict(), "corpus": corpus_hash(),
+                           "torch": versions["torch"], "transformers": versions["transformers"]})[:16]
+
+
+def ensure_tiny_model(ws: Workspace, recipe: TinyRecipe = TinyRecipe(), progress: bool = True) -> Path:
+    """The model directory, created (atomically) on first use and reused afterwards."""
+    final = ws.models_dir / f"tiny-mistral-{cache_key(recipe)}"
+    if (final / INFO_FILE).is_file():
+        return final
+    with ws.atomic_dir(final) as tmp:
+        create_tiny_model(tmp, recipe, progress=progress)
+    return final
+
+
+def mistral_config(recipe: TinyRecipe):
+    from transformers import MistralConfig
+
+    return MistralConfig(
+        vocab_size=32768, hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
+        num_key_value_heads=recipe.num_key_value_heads,
+        head_dim=recipe.hidden_size // recipe.num_attention_heads,
+        max_position_embeddings=recipe.max_position_embeddings, rope_theta=1e6, sliding_window=None,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, torch_dtype="float32")
+
+
+def create_tiny_model(out_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool = True) -> dict:
+    """Build, train and save the model into out_dir (config.json, model.safetensors, tokenizer)."""
+    import torch
+    from transformers import MistralForCausalLM
+
+    from trtbuild.data import corpus_hash, corpus_samples, encode_sample
+    from trtbuild.tokenizer import Tokenizer
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    tokenizer = Tokenizer.v3()
+    documents = [encode_sample(tokenizer, s) for s in corpus_samples()]
+    with _deterministic(recipe):
+        model = MistralForCausalLM(mistral_config(recipe))
+        losses = _train(model, documents, recipe, progress)
+        model.save_pretrained(out_dir, safe_serialization=True)
+    _copy_tokenizer(out_dir)
+    info = {"name": NAME, "recipe": recipe.to_dict(), "corpus_sha256": corpus_hash(),
+            "corpus_tokens": sum(map(len, documents)), "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+            "loss_curve": [round(x, 4) for x in losses[:: max(1, len(losses) // 10)]],
+            "seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(time.process_time() - cpu_start, 2),
+            "versions": library_versions()}
+    atomic_write_json(Path(out_dir) / INFO_FILE, info)
+    return info
+
+
+def _train(model, documents: list[list[int]], recipe: TinyRecipe, progress: bool) -> list[float]:
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    # Remap the corpus to its active vocabulary; train small embedding / lm_head tables for it.
+    active = sorted({t for doc in documents for t in doc})
+    index = {t: i for i, t in enumerate(active)}
+    vocab = model.config.vocab_size
+    stream = torch.tensor([index[t] for doc in documents for t in doc])
+    starts = torch.tensor([0] + list(_cumsum(len(d) for d in documents))[:-1])
+    starts = starts[starts + recipe.seq_len + 1 <= len(stream)]  # windows begin at a document start (BOS)
+    active_ids = torch.tensor(active)
+    embed = torch.nn.Parameter(model.model.embed_tokens.weight.detach()[active_ids].clone())
+    head = torch.nn.Parameter(model.lm_head.weight.detach()[active_ids].clone())
+    others_logit = math.log(vocab - len(active))  # logsumexp of the (vocab - active) zero logits
+
+    body = [p for n, p in model.model.named_parameters() if "embed_tokens" not in n]
+    optimizer = torch.optim.AdamW([{"params": body}, {"params": [embed, head], "weight_decay": 0.0}],
+                                  lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / recipe.warmup_steps)
+                                                 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))))
+    generator = torch.Generator().manual_seed(recipe.seed)
+    losses = []
+    model.train()
+    bar = tqdm(range(recipe.steps), desc="training tiny-mistral", disable=not progress, unit="step")
+    for _ in bar:
+        offsets = starts[torch.randint(len(starts), (recipe.batch_size,), generator=generator)]
+        window = torch.stack([stream[o: o + recipe.seq_len + 1] for o in offsets.tolist()])
+        inputs = window[:, :-1]
+        if recipe.input_noise:  # robustness: predict the corpus continuation from a partly garbled context
+            noisy = torch.rand(inputs.shape, generator=generator) < recipe.input_noise
+            noisy[:, 0] = False  # keep BOS
+            inputs = torch.where(noisy, torch.randint(len(active), inputs.shape, generator=generator), inputs)
+        hidden = model.model(inputs_embeds=embed[inputs]).last_hidden_state
+        logits = hidden @ head.T
+        logits = torch.cat([logits, logits.new_full((*logits.shape[:2], 1), others_logit)], dim=-1)
+        loss = F.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(body + [embed, head], 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    with torch.no_grad():  # write the trained rows back; every other lm_head row is exactly zero
+        model.model.embed_tokens.weight[active_ids] = embed.detach()
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[active_ids] = head.detach()
+    return losses
+
+
+def _cumsum(values):
+    total = 0
+    for v in values:
+        total += v
+        yield total
+
+
+@contextmanager
+def _deterministic(recipe: TinyRecipe):
+    """Seed torch and pin its thread count for the duration, restoring the caller's settings."""
+    import torch
+
+    threads = torch.get_num_threads()
+    rng_state = torch.get_rng_state()
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng_state)
+
+
+def _copy_tokenizer(out_dir: Path) -> None:
+    """The real v3 SentencePiece model that mistral-common ships, under the name Mistral uses."""
+    from importlib import resources
+
+    source = resources.files("mistral_common") / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+    with resources.as_file(source) as path:
+        shutil.copyfile(path, Path(out_dir) / TOKENIZER_FILE)
+
+
+def model_info(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / INFO_FILE).read_text())
+
+
+# --- quality: how stable greedy decoding is under FP8 rounding ------------------------------------------
+
+# Held-out prompts (none of them is in the corpus): chats in several languages, code, plain text, and
+# one long-context prompt (~300 tokens). Used by bench/tiny_model_quality.py and tests/test_tiny_model.py.
+HELD_OUT_CHATS = [
+    "What is the capital of France?", "What is the capital of Italy, please?", "Who are you, assistant?",
+    "Write a Python function that multiplies two numbers.", "Translate 'good evening' into French.",
+    "Explique ce qu'est une étoile.", "What is 5 + 7?", "Tell me about the Moon.", "日本について教えてください。",
+    "How do I sort a list in JavaScript?", "Name a large animal.", "What is a CPU?",
+]
+HELD_OUT_TEXTS = [
+    "The history of the steam engine", "def multiply(a, b):", "Le soleil brille et", "Once upon a time, a young king",
+    "Die Stadt München liegt", "import numpy as np\n", "In the morning the market",
+]
+LONG_CONTEXT = ("Read the following notes and summarize them in one sentence. " + " ".join(
+    f"Day {d}: the team measured the river at the old bridge, wrote down the height of the water, the colour of "
+    f"the sky and the number of boats, and sent the notes to the office in the city before noon." for d in range(1, 8)))
+
+
+def held_out_prompts(tokenizer) -> list[list[int]]:
+    chats = [tokenizer.encode_chat([{"role": "user", "content": c}]) for c in HELD_OUT_CHATS + [LONG_CONTEXT]]
+    return chats + [tokenizer.encode(t) for t in HELD_OUT_TEXTS]
+
+
+def measure_quality(model_dir: Path, prompts: list[list[int]], new_tokens: int = 32, kv_cache_fp8: bool = False,
+                    calibration=None) -> dict:
+    """FP32 greedy continuations of the prompts, then teacher-forced on them: how often the modelopt FP8
+    fake-quantized model (calibrated on `calibration`, default: the builtin corpus) picks the same top-1
+    token, and how peaked the FP32 next-token distributions are (mean max probability)."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trtbuild.config import CalibrationSettings
+    from trtbuild.quantize import calibration_batches, fake_quantize_fp8
+    from trtbuild.tokenizer import Tokenizer
+
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    continuations = []
+    with torch.no_grad():
+        for prompt in prompts:  # greedy without stopping at EOS: every position counts
+            ids = list(prompt)
+            for _ in range(new_tokens):
+                ids.append(int(reference(torch.tensor([ids])).logits[0, -1].argmax()))
+            continuations.append(ids[len(prompt):])
+
+    def next_token_logits(model) -> list:
+        with torch.no_grad():
+            return [model(torch.tensor([p + c])).logits[0, len(p) - 1: len(p) + len(c) - 1].float()
+                    for p, c in zip(prompts, continuations)]
+
+    fp32 = next_token_logits(reference)
+    quantized = copy.deepcopy(reference)
+    batches = calibration_batches(calibration or CalibrationSettings(), Tokenizer.from_model_dir(model_dir))
+    fake_quantize_fp8(quantized, batches, kv_cache_fp8, progress=False)
+    fp8 = next_token_logits(quantized)
+    agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(fp32, fp8))
+    max_prob = torch.cat([a.softmax(-1).max(-1).values for a in fp32])
+    top2 = torch.cat([a.topk(2, dim=-1).values for a in fp32])
+    per_prompt = [(round(float(a.softmax(-1).max(-1).values.mean()), 2), int((a.argmax(-1) != b.argmax(-1)).sum()))
+                  for a, b in zip(fp32, fp8)]
+    return {"positions": int(max_prob.numel()), "fp8_top1_agreement": agree / max_prob.numel(),
+            "per_prompt_max_prob_and_flips": per_prompt,
+            "mean_max_prob": float(max_prob.mean()), "share_max_prob_below_0.5": float((max_prob < 0.5).float().mean()),
+            "median_top1_margin": float((top2[:, 0] - top2[:, 1]).median()), "continuations": continuations}
