@@ -97,3 +97,16 @@ def test_constant_schedule_and_load_levels():
         sweep([], [0.0])
     with pytest.raises(TrtbuildError, match="--concurrency must be >= 1"):
         sweep([0], [])
+
+
+def test_profile_bench_table():
+    from trtbuild.bench import from_profile
+
+    workload, loads, slo = from_profile({"input_len": 32, "output_len": 8, "concurrency": [1, 4], "request_rate": 2,
+                                         "arrival": "gamma", "burstiness": 0.5, "slo": "ttft=500"})
+    assert (workload.input_len, workload.output_len) == (32, 8)
+    assert [(x.concurrency, x.request_rate, x.arrival) for x in loads] == [(1, None, "poisson"), (4, None, "poisson"),
+                                                                            (None, 2.0, "gamma")]
+    assert slo.targets() == {"ttft": 500.0}
+    with pytest.raises(TrtbuildError, match="unknown setting"):
+        from_profile({"inputlen": 3})

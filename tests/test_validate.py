@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from trtbuild.cli import main
@@ -88,6 +87,18 @@ def test_fp16_engine_matches_the_fp32_reference_token_for_token(validated, engin
     assert load_manifest(engine_dir).results["validation"] == "validation.json"
     assert load_validation(engine_dir).to_dict() == result.to_dict()
     assert json.loads((engine_dir / "validation.json").read_text())["verdict"] == "pass"
+
+
+def test_load_validation_of_missing_old_and_corrupt_files(validated, tmp_path):
+    from trtbuild.errors import TrtbuildError
+
+    assert load_validation(tmp_path) is None  # never validated
+    data = validated["fp16"].to_dict()
+    (tmp_path / "validation.json").write_text(json.dumps({**data, "schema_version": 0}))
+    assert load_validation(tmp_path) is None  # another trtbuild's format: validate again
+    (tmp_path / "validation.json").write_text(json.dumps({**data, "metrics": {"bogus": 1}}))
+    with pytest.raises(TrtbuildError, match="unreadable.*trtbuild validate"):
+        load_validation(tmp_path)
 
 
 @pytest.mark.parametrize("variant", ["fp8", "fp8-kv8"])

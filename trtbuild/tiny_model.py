@@ -4,12 +4,14 @@ Why trained, not random: with random weights the next-token distributions are ne
 fake-quant flips the greedy token 8-20% of the time, so validating an FP8 engine against the reference
 would measure noise. A few seconds of training on the bundled corpus (trtbuild/data) make the model
 confident: greedy decoding is then stable under FP8/FP16 rounding and its chat replies are recognisable
-("What is the capital of France?" -> "The capital of France is Paris.").
+("What is the capital of France?" -> "Paris is the capital of France.").
 
 Why it trains fast on 2 CPU cores: the vocabulary is 32768 (the real v3 tokenizer), but the corpus uses
-about 1.5k distinct tokens. Training keeps lm_head rows of every other token at zero, so their logits
-are exactly 0 and the full-vocabulary softmax needs only one extra constant column, log(#other tokens):
-the loss is the exact full-vocabulary cross-entropy at a twentieth of the cost.
+about 1.4k distinct tokens. Every other token shares one trained lm_head row, so their softmax mass is
+exactly exp(log(#unused) + h . row): the loss is the exact full-vocabulary cross-entropy with 1.4k + 1
+output columns instead of 32768. (Leaving those rows at zero would force every useful logit above
+log(31k) = 10.4, and FP8 noise grows with the logits' size.) Small batches, many steps: at a fixed
+compute budget, the number of updates is what makes a tiny model confident.
 
 Deterministic: fixed seed, fixed thread count, fixed step count; the same machine and library versions
 give byte-identical weights (tests hash two creations). The cache directory name hashes the recipe, the
@@ -99,7 +101,9 @@ def create_tiny_model(out_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress
 
     start, cpu_start = time.perf_counter(), time.process_time()
     tokenizer = Tokenizer.v3()
-    documents = [encode_sample(tokenizer, s) for s in corpus_samples()]
+    # Every document ends with EOS, as in pretraining: plain text too, so completions can finish.
+    documents = [ids if ids[-1] == tokenizer.eos_id else ids + [tokenizer.eos_id]
+                 for ids in (encode_sample(tokenizer, s) for s in corpus_samples())]
     with _deterministic(recipe):
         model = MistralForCausalLM(mistral_config(recipe))
         losses = _train(model, documents, recipe, progress)
@@ -129,10 +133,13 @@ def _train(model, documents: list[list[int]], recipe: TinyRecipe, progress: bool
     active_ids = torch.tensor(active)
     embed = torch.nn.Parameter(model.model.embed_tokens.weight.detach()[active_ids].clone())
     head = torch.nn.Parameter(model.lm_head.weight.detach()[active_ids].clone())
-    others_logit = math.log(vocab - len(active))  # logsumexp of the (vocab - active) zero logits
+    # Every unused token shares one trained lm_head row, so their logsumexp is exactly
+    # log(#unused) + h . others_row: one extra column instead of 31k.
+    others_row = torch.nn.Parameter(torch.zeros(model.config.hidden_size))
+    log_unused = math.log(vocab - len(active))
 
     body = [p for n, p in model.model.named_parameters() if "embed_tokens" not in n]
-    optimizer = torch.optim.AdamW([{"params": body}, {"params": [embed, head], "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW([{"params": body}, {"params": [embed, head, others_row], "weight_decay": 0.0}],
                                   lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / recipe.warmup_steps)
                                                  * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))))
@@ -149,20 +156,19 @@ def _train(model, documents: list[list[int]], recipe: TinyRecipe, progress: bool
             noisy[:, 0] = False  # keep BOS
             inputs = torch.where(noisy, torch.randint(len(active), inputs.shape, generator=generator), inputs)
         hidden = model.model(inputs_embeds=embed[inputs]).last_hidden_state
-        logits = hidden @ head.T
-        logits = torch.cat([logits, logits.new_full((*logits.shape[:2], 1), others_logit)], dim=-1)
+        logits = torch.cat([hidden @ head.T, log_unused + hidden @ others_row[:, None]], dim=-1)
         loss = F.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(body + [embed, head], 1.0)
+        torch.nn.utils.clip_grad_norm_(body + [embed, head, others_row], 1.0)
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
-    with torch.no_grad():  # write the trained rows back; every other lm_head row is exactly zero
+    with torch.no_grad():  # write the trained rows back
         model.model.embed_tokens.weight[active_ids] = embed.detach()
-        model.lm_head.weight.zero_()
+        model.lm_head.weight[:] = others_row.detach()
         model.lm_head.weight[active_ids] = head.detach()
     return losses
 
@@ -245,10 +251,12 @@ def measure_quality(model_dir: Path, prompts: list[list[int]], new_tokens: int =
     continuations = []
     with torch.no_grad():
         for prompt in prompts:  # greedy without stopping at EOS: every position counts
-            ids = list(prompt)
-            for _ in range(new_tokens):
-                ids.append(int(reference(torch.tensor([ids])).logits[0, -1].argmax()))
-            continuations.append(ids[len(prompt):])
+            out = reference(torch.tensor([prompt]), use_cache=True)
+            ids = [int(out.logits[0, -1].argmax())]
+            while len(ids) < new_tokens:
+                out = reference(torch.tensor([ids[-1:]]), past_key_values=out.past_key_values, use_cache=True)
+                ids.append(int(out.logits[0, -1].argmax()))
+            continuations.append(ids)
 
     def next_token_logits(model) -> list:
         with torch.no_grad():
@@ -257,15 +265,18 @@ def measure_quality(model_dir: Path, prompts: list[list[int]], new_tokens: int =
 
     fp32 = next_token_logits(reference)
     quantized = copy.deepcopy(reference)
-    batches = calibration_batches(calibration or CalibrationSettings(), Tokenizer.from_model_dir(model_dir))
-    fake_quantize_fp8(quantized, batches, kv_cache_fp8, progress=False)
+    tokenizer = Tokenizer.from_model_dir(model_dir)
+    fake_quantize_fp8(quantized, calibration_batches(calibration or CalibrationSettings(), tokenizer),
+                      kv_cache_fp8, progress=False)
     fp8 = next_token_logits(quantized)
-    agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(fp32, fp8))
+    same = [a.argmax(-1) == b.argmax(-1) for a, b in zip(fp32, fp8)]
+    # A reply ends at EOS; what a model says after it (a made-up next document) is seldom generated.
+    replies = [s[: c.index(tokenizer.eos_id) + 1] if tokenizer.eos_id in c else s for s, c in zip(same, continuations)]
     max_prob = torch.cat([a.softmax(-1).max(-1).values for a in fp32])
     top2 = torch.cat([a.topk(2, dim=-1).values for a in fp32])
-    per_prompt = [(round(float(a.softmax(-1).max(-1).values.mean()), 2), int((a.argmax(-1) != b.argmax(-1)).sum()))
-                  for a, b in zip(fp32, fp8)]
-    return {"positions": int(max_prob.numel()), "fp8_top1_agreement": agree / max_prob.numel(),
-            "per_prompt_max_prob_and_flips": per_prompt,
+    return {"positions": int(max_prob.numel()), "fp8_top1_agreement": float(torch.cat(same).float().mean()),
+            "reply_positions": sum(map(len, replies)),
+            "fp8_top1_agreement_until_eos": float(torch.cat(replies).float().mean()),
             "mean_max_prob": float(max_prob.mean()), "share_max_prob_below_0.5": float((max_prob < 0.5).float().mean()),
-            "median_top1_margin": float((top2[:, 0] - top2[:, 1]).median()), "continuations": continuations}
+            "median_top1_margin": float((top2[:, 0] - top2[:, 1]).median()),
+            "flips_per_prompt": [int((~s).sum()) for s in same], "continuations": continuations}

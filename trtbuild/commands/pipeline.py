@@ -7,6 +7,7 @@ fetched model, the quantized checkpoints, the engines are all content-addressed)
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import click
 
 from trtbuild.cli import emit
 from trtbuild.commands import backend_option, json_option, profile_option, variant_option
+from trtbuild.errors import ValidationFailed
 
 
 @dataclass
@@ -32,6 +34,8 @@ class PipelineRun:
     source: Any = None  # SourceModel, set by fetch
     quantized: dict[str, Any] = field(default_factory=dict)  # variant -> QuantizedCheckpoint
     engines: dict[str, Path] = field(default_factory=dict)  # variant -> engine dir, set by compile
+    failed: dict[str, str] = field(default_factory=dict)  # variant -> why it failed validation
+    bench_runs: dict[str, list[Path]] = field(default_factory=dict)  # variant -> run dirs, set by bench
 
     @property
     def settings(self) -> list:
@@ -92,11 +96,80 @@ def compile_stage(run: PipelineRun) -> StageOutcome:
     return StageOutcome(not built, detail, results[-1].engine_dir, {"engines": [r.to_dict() for r in results]})
 
 
-# The pipeline, in order. Later stages (validate, bench, report) are appended here.
+def validate_stage(run: PipelineRun) -> StageOutcome:
+    """Gate every engine against the reference. An engine that fails is dropped from the later stages
+    (never benchmarked or selected); the run then ends with exit code 3 after the report."""
+    from trtbuild.validation import close_references, load_validation, validate_engine
+
+    results, ran = {}, []
+    try:
+        for variant, engine_dir in run.engines.items():
+            result = None if run.force else load_validation(engine_dir)
+            if result is None:
+                result = validate_engine(run.ws, engine_dir, profile_thresholds=run.profile.validation,
+                                         progress=run.progress)
+                ran.append(variant)
+            results[variant] = result
+    finally:
+        close_references()
+    for variant, result in results.items():
+        if not result.passed:
+            run.failed[variant] = "; ".join(result.failures)
+            del run.engines[variant]
+    if not run.engines:
+        raise ValidationFailed("every engine failed validation: " + " | ".join(
+            f"{v}: {why}" for v, why in run.failed.items()) + "; see validation.json in each engine")
+    detail = ", ".join(f"{v} {r.verdict}" for v, r in results.items())
+    last = next(reversed(results.values()))
+    return StageOutcome(not ran, detail, Path(last.engine_dir) / "validation.json",
+                        {v: r.verdict for v, r in results.items()})
+
+
+def bench_stage(run: PipelineRun) -> StageOutcome:
+    """The profile's [bench] sweep on every engine that passed; load levels already measured with the
+    same workload are reused."""
+    from trtbuild.bench import from_profile, load_run, run_offline_sweep
+    from trtbuild.bench.results import find_runs
+
+    workload, loads, slo = from_profile(run.profile.bench)
+    ran = []
+    for variant, engine_dir in run.engines.items():
+        done = {}
+        for path in find_runs(run.ws.bench_dir(engine_dir)):
+            summary = load_run(path).summary
+            if summary.workload == workload.to_dict():
+                done[json.dumps(summary.load, sort_keys=True)] = path
+        todo = [load for load in loads if json.dumps(load.to_dict(), sort_keys=True) not in done]
+        if todo or run.force:
+            results = run_offline_sweep(run.ws, engine_dir, workload, loads if run.force else todo, slo,
+                                        progress=run.progress)
+            ran.append(variant)
+            for result in results:
+                done[json.dumps(result.summary.load, sort_keys=True)] = result.path
+        run.bench_runs[variant] = list(done.values())
+    detail = f"{len(loads)} load level(s) x {len(run.engines)} engine(s)"
+    return StageOutcome(not ran, detail, run.ws.bench_dir(next(iter(run.engines.values()))))
+
+
+def report_stage(run: PipelineRun) -> StageOutcome:
+    from trtbuild.bench import from_profile
+    from trtbuild.report import make_report
+
+    _, _, slo = from_profile(run.profile.bench)
+    runs = [path for paths in run.bench_runs.values() for path in paths]
+    report = make_report(run.ws, runs, slo=slo, title=f"trtbuild report: {run.profile.name}")
+    detail = f"selected engine: {report.selected_engine or 'none'}"
+    return StageOutcome(False, detail, report.path_html, report.to_dict())
+
+
+# The pipeline, in order.
 STAGES: list[tuple[str, Callable[[PipelineRun], StageOutcome]]] = [
     ("fetch", fetch_stage),
     ("quantize", quantize_stage),
     ("compile", compile_stage),
+    ("validate", validate_stage),
+    ("bench", bench_stage),
+    ("report", report_stage),
 ]
 
 
@@ -126,10 +199,10 @@ def run_pipeline(run: PipelineRun, echo: Callable[[str], None] = lambda line: No
 @json_option
 @click.pass_obj
 def run_cmd(ws, profile_spec, variant, backend, force, as_json):
-    """The whole pipeline for a profile: fetch, quantize, compile (then validate, bench, report).
+    """The whole pipeline for a profile: fetch, quantize, compile, validate, bench, report.
 
-    Each stage reuses what the workspace already holds and says so. The last line is the path of the
-    last stage's output.
+    Each stage reuses what the workspace already holds and says so. An engine that fails validation is
+    left out of bench and report, and the run exits with code 3. The last line is the report's path.
     """
     from trtbuild.config import load_profile
 
@@ -138,4 +211,7 @@ def run_cmd(ws, profile_spec, variant, backend, force, as_json):
     report = run_pipeline(run, echo=(lambda line: None) if as_json else lambda line: click.echo(line, err=True))
     last = next((r["path"] for r in reversed(report) if r["path"]), None)
     summary = f"{profile.name}: {sum(not r['skipped'] for r in report)} of {len(report)} stages ran ({run.backend})"
-    emit({"profile": profile.name, "backend": run.backend, "stages": report}, summary, as_json, last)
+    emit({"profile": profile.name, "backend": run.backend, "stages": report, "failed_validation": run.failed},
+         summary, as_json, last)
+    if run.failed:
+        raise ValidationFailed("failed validation: " + " | ".join(f"{v}: {why}" for v, why in run.failed.items()))

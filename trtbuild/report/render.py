@@ -17,12 +17,8 @@ from pathlib import Path
 from trtbuild.bench.metrics import SLO
 from trtbuild.bench.results import BenchResult
 from trtbuild.report import plots
-from trtbuild.report.select import Selection, collect, compare, select_engine
+from trtbuild.report.select import Selection, collect, compare, goodput, select_engine
 from trtbuild.workspace import Workspace
-
-LATENCY_ROWS = [("ttft", "TTFT"), ("tpot", "TPOT"), ("itl_token", "ITL/token"), ("itl_chunk", "ITL/chunk"),
-                ("e2e", "E2E"), ("ttst", "TTST"), ("queue", "queue")]
-
 
 @dataclass
 class ReportResult:
@@ -99,17 +95,16 @@ def _weight_bytes(engine_dir: str | None) -> int | None:
     return sum(p.stat().st_size for p in files) or None
 
 
-def _run_rows(entries) -> list[list]:
+def _run_rows(entries, slo: SLO | None) -> list[list]:
     rows = []
     for e in entries:
         for r in sorted(e.runs, key=plots._level):
             s = r.summary
-            slo = s.slo or {}
             rows.append([e.name, s.mode, s.load_label, s.counts.get("succeeded"), s.counts.get("failed"),
                          s.throughput.get("requests_per_s"), s.throughput.get("output_tokens_per_s"),
                          s.throughput.get("peak_output_tokens_per_s"), (s.latency_ms["ttft"] or {}).get("p50"),
                          (s.latency_ms["ttft"] or {}).get("p99"), (s.latency_ms["tpot"] or {}).get("p50"),
-                         (s.latency_ms["itl_token"] or {}).get("p50"), slo.get("goodput_rps"),
+                         (s.latency_ms["itl_token"] or {}).get("p50"), goodput(r, slo),
                          "yes" if r.valid else "NO: " + "; ".join(s.validity.get("reasons", []))])
     return rows
 
@@ -128,7 +123,7 @@ def render_markdown(title: str, selection: Selection, slo: SLO | None, figures: 
     out += [f"SLOs: {slo if slo and slo.targets() else 'none given (goodput = successful requests/s)'}.", ""]
     out += ["## Runs", "", _table(["engine", "mode", "load", "ok", "failed", "req/s", "out tok/s", "peak tok/s",
                                     "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "ITL/tok p50 ms", "goodput req/s",
-                                    "valid"], _run_rows(entries)), ""]
+                                    "valid"], _run_rows(entries, slo)), ""]
     out += ["Percentiles use linear interpolation; failed requests are excluded from latency statistics "
             "(docs/benchmarks.md).", ""]
     out += ["## Validation", ""]

@@ -59,16 +59,16 @@ def apply_penalties(row: torch.Tensor, state: SamplerState) -> torch.Tensor:
 
 def sample_row(row: torch.Tensor, state: SamplerState) -> int:
     p = state.params
-    row = apply_penalties(row.clone(), state)
+    penalized = apply_penalties(row.clone(), state)
     if p.greedy:
-        return int(torch.argmax(row))
-    row = row / p.temperature
+        return int(torch.argmax(penalized))
+    row = penalized / p.temperature
     if p.top_k > 0:
         kth = torch.topk(row, min(p.top_k, row.numel())).values[-1]
         row = row.masked_fill(row < kth, float("-inf"))
     probs = torch.softmax(row, dim=-1)
-    if not torch.isfinite(probs).all():  # a tiny temperature or penalty overflowed the logits: the best token
-        return int(torch.argmax(row))
+    if not torch.isfinite(probs).all():  # a tiny temperature or extreme penalty overflowed: take the best token
+        return int(torch.argmax(torch.nan_to_num(penalized)))
     if p.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         drop = torch.cumsum(sorted_probs, 0) - sorted_probs > p.top_p  # keep the smallest nucleus >= top_p

@@ -345,10 +345,25 @@ class TorchEngine(Engine):
 
     def _sample(self, requests: list[_Request], logits: torch.Tensor) -> None:
         # On the CPU: each request's seeded generator lives there (and the tokens are needed there anyway).
-        sampled = sample_batch(logits.cpu(), [r.sampler for r in requests])
-        for req, (token, logprob, top) in zip(requests, sampled):
+        logits = logits.cpu()
+        try:
+            sampled = sample_batch(logits, [r.sampler for r in requests])
+        except Exception:  # one request's settings broke sampling: fail that request, not the whole batch
+            sampled = [self._sample_one(req, logits[i:i + 1]) for i, req in enumerate(requests)]
+        for req, out in zip(requests, sampled):
+            if out is None:
+                continue
+            token, logprob, top = out
             req.next_token = token
             req.stream.emit_token(token, logprob, top)
+
+    @staticmethod
+    def _sample_one(req: _Request, logits: torch.Tensor):
+        try:
+            return sample_batch(logits, [req.sampler])[0]
+        except Exception as exc:
+            req.stream.finish("error", error=f"sampling failed: {type(exc).__name__}: {exc}")
+            return None
 
     def _retire(self) -> None:
         """Free the slots of finished requests (done, stopped or cancelled)."""

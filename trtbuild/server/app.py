@@ -18,11 +18,11 @@ from starlette.responses import Response
 
 from trtbuild import __version__
 from trtbuild.runtime.interface import Engine
-from trtbuild.server.prompts import encode_chat, encode_text
 from trtbuild.server.errors import bad_request, install_error_handlers, json_response, unavailable
 from trtbuild.server.generate import generate
 from trtbuild.server.metrics import CONTENT_TYPE
 from trtbuild.server.middleware import ServerMiddleware
+from trtbuild.server.prompts import encode_chat, encode_text
 from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from trtbuild.server.state import ServerSettings, ServerState
 

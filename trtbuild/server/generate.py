@@ -20,9 +20,9 @@ from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
 from trtbuild.runtime.interface import ContextLengthExceeded, GenerationResult, RequestStream
-from trtbuild.server.prompts import encode_chat, encode_text
 from trtbuild.server.errors import bad_request, engine_failure, json_response, unavailable
 from trtbuild.server.middleware import AccessRecord
+from trtbuild.server.prompts import encode_chat, encode_text
 from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from trtbuild.server.render import DONE, Renderer, sse
 from trtbuild.server.state import ServerState

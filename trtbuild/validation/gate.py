@@ -59,14 +59,16 @@ class Thresholds:
 # Chosen from measurements on builtin:tiny-mistral (docs/validation.md has the tables): each limit sits
 # several times above the error that FP16 or FP8 rounding alone causes, and well below what engines damaged
 # on purpose score (one layer's weight_scale x1.25 or its q/k/v inputs clipped by input_scale / 8, and
-# worse). Mean KL separates them best: FP8 0.003-0.004 nats, the mildest damage 0.016, the limit 0.01.
+# worse). Mean KL separates them best: FP8 0.002-0.004 nats, the mildest damage 0.02, the limit 0.01.
 # fp16 reproduces the FP32 reference token for token, so it is held to near-exact agreement. The 7B on a GPU
 # (BF16 reference) gets looser greedy limits in the h100-mistral-7b profile.
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "fp16": Thresholds(min_token_agreement=0.99, min_top1=0.99, max_mean_kl=0.001, max_kl=0.05,
                        max_mean_logprob_diff=0.01, min_rouge_l=0.98, max_rouge1_drop=1.0),
-    "fp8": Thresholds(min_token_agreement=0.5, min_top1=0.9, max_mean_kl=0.01, max_kl=0.5,
-                      max_mean_logprob_diff=0.1, min_rouge_l=0.5, max_rouge1_drop=2.0),
+    # Greedy agreement and ROUGE-L only catch gross breakage of the decode path (which scoring does not
+    # run): FP8 rounding alone scored 0.45-0.81 token agreement on two builds of the same tiny recipe.
+    "fp8": Thresholds(min_token_agreement=0.25, min_top1=0.9, max_mean_kl=0.01, max_kl=0.5,
+                      max_mean_logprob_diff=0.1, min_rouge_l=0.4, max_rouge1_drop=2.0),
 }
 
 
@@ -142,7 +144,7 @@ def run_checks(metrics: dict, thresholds: Thresholds) -> list[Check]:
             continue
         value = metrics.get(metric)
         if value is None:
-            checks.append(Check(name, metric, limit, None, "skipped", f"{label}: not available for this engine"))
+            checks.append(Check(name, metric, limit, None, "skipped", f"{label}: not measured in this run"))
             continue
         ok = value >= limit if is_min else value <= limit
         sign = (">=" if is_min else "<=") if ok else ("<" if is_min else ">")

@@ -16,6 +16,7 @@ from trtbuild.validation.gate import Check, Thresholds
 from trtbuild.validation.metrics import TeacherForced, weighted_mean
 
 RESULT_FILE = "validation.json"
+SCHEMA_VERSION = 1  # bump when ValidationResult changes shape; older files then count as "not validated"
 
 
 @dataclass
@@ -126,6 +127,7 @@ class ValidationResult:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     passed: bool = False
+    schema_version: int = SCHEMA_VERSION
 
     @property
     def verdict(self) -> str:
@@ -158,13 +160,17 @@ class ValidationResult:
 
 
 def load_validation(engine_dir: str | Path) -> ValidationResult | None:
-    """The engine's last validation result, or None when it was never validated."""
+    """The engine's last validation result; None when it was never validated, or was validated by a
+    trtbuild whose result format differs (validate it again)."""
     path = Path(engine_dir) / RESULT_FILE
     if not path.is_file():
         return None
     try:
-        return ValidationResult.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        data = json.loads(path.read_text())
+        if data.get("schema_version") != SCHEMA_VERSION:
+            return None
+        return ValidationResult.from_dict(data)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise TrtbuildError(f"{path} is unreadable ({type(exc).__name__}: {exc}); run `trtbuild validate` again") from None
 
 
