@@ -20,9 +20,12 @@ TOKEN_OK, TOKEN_NO_ACCESS = "hf_accepted_terms", "hf_never_accepted"
 
 
 def _checkpoint_files() -> dict[str, bytes]:
+    """A tiny sharded checkpoint in the 7B repo's layout, beside the files a download must skip."""
     import torch
 
-    shard = lambda i: save_safetensors({f"layer{i}.weight": torch.full((64, 64), float(i))})  # noqa: E731
+    def shard(i: int) -> bytes:
+        return save_safetensors({f"layer{i}.weight": torch.full((64, 64), float(i))})
+
     index = {"metadata": {}, "weight_map": {"layer1.weight": "model-00001-of-00002.safetensors",
                                             "layer2.weight": "model-00002-of-00002.safetensors"}}
     return {
@@ -34,7 +37,7 @@ def _checkpoint_files() -> dict[str, bytes]:
         "tokenizer.model.v3": b"sentencepiece bytes",
         "tokenizer_config.json": b"{}",
         # Mistral's own format and repo chrome: never downloaded.
-        "consolidated.safetensors": save_safetensors({"all": __import__("torch").zeros(256, 256)}),
+        "consolidated.safetensors": save_safetensors({"all": torch.zeros(256, 256)}),
         "params.json": b'{"dim": 4096}',
         "README.md": b"# tiny",
     }

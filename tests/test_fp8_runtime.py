@@ -93,7 +93,11 @@ def test_fp8_engine_matches_modelopt_and_differs_from_fp16(engines, engine_dirs,
         with torch.inference_mode():
             logits = reference_model(torch.tensor([prompt + continuation])).logits[0, len(prompt) - 1: -1]
         reference = torch.log_softmax(logits.float(), dim=-1).numpy()
-        assert np.abs(ours - reference).max() < 2e-3
+        # Weights and activations: the same roundings, so float32 noise only (measured max 6e-6). With
+        # the FP8 KV cache the two differ by up to 0.02 in logprob (mean 0.005; fp8 vs fp8-kv8 differ by
+        # ~0.2): both round post-RoPE keys per tensor, but not bit-identically (see the closing notes).
+        assert np.abs(ours - reference).max() < (5e-2 if kv8 else 2e-3)
+        assert np.abs(ours - reference).mean() < (1e-2 if kv8 else 2e-4)
         assert (ours.argmax(-1) == reference.argmax(-1)).all()
         assert np.abs(ours - fp16).max() > 2e-2  # the numerics really changed
 

@@ -86,7 +86,7 @@ class Workspace:
         if not self.engines_dir.is_dir():
             return []
         found = [p for p in self.engines_dir.iterdir() if (p / MANIFEST).is_file()]
-        return sorted(found, key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
+        return sorted(found, key=_built_at, reverse=True)
 
     def resolve_engine(self, spec: str | Path) -> Path:
         """An engine directory from a path, or from a variant name ('fp8') or key prefix in the workspace."""
@@ -127,6 +127,14 @@ class Workspace:
 
     def clean_tmp(self) -> None:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def _built_at(engine_dir: Path) -> str:
+    """When the engine was built (results rewrite the manifest later, so not its mtime)."""
+    try:
+        return json.loads((engine_dir / MANIFEST).read_text()).get("built_at", "")
+    except (OSError, json.JSONDecodeError):
+        return ""
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -99,13 +99,15 @@ def compile_stage(run: PipelineRun) -> StageOutcome:
 def validate_stage(run: PipelineRun) -> StageOutcome:
     """Gate every engine against the reference. An engine that fails is dropped from the later stages
     (never benchmarked or selected); the run then ends with exit code 3 after the report."""
-    from trtbuild.validation import close_references, load_validation, validate_engine
+    from trtbuild.manifest import load_manifest
+    from trtbuild.validation import close_references, load_validation, resolve_thresholds, validate_engine
 
     results, ran = {}, []
     try:
         for variant, engine_dir in run.engines.items():
             result = None if run.force else load_validation(engine_dir)
-            if result is None:
+            limits = resolve_thresholds(load_manifest(engine_dir).build, run.profile.validation)
+            if result is None or result.thresholds != limits:  # none yet, or judged by other limits
                 result = validate_engine(run.ws, engine_dir, profile_thresholds=run.profile.validation,
                                          progress=run.progress)
                 ran.append(variant)
@@ -155,9 +157,17 @@ def report_stage(run: PipelineRun) -> StageOutcome:
     from trtbuild.bench import from_profile
     from trtbuild.report import make_report
 
+    from trtbuild.manifest import canonical_hash
+
     _, _, slo = from_profile(run.profile.bench)
-    runs = [path for paths in run.bench_runs.values() for path in paths]
-    report = make_report(run.ws, runs, slo=slo, title=f"trtbuild report: {run.profile.name}")
+    runs = sorted(str(path) for paths in run.bench_runs.values() for path in paths)
+    # Named after its inputs (runs and validation verdicts): the same inputs give the same report.
+    verdicts = {v: (Path(e) / "validation.json").stat().st_mtime_ns for v, e in run.engines.items()}
+    out = run.ws.report_dir(f"{run.profile.name}-{canonical_hash([runs, verdicts, str(slo)])[:12]}")
+    if (out / "report.html").is_file() and not run.force:
+        selected = json.loads((out / "selection.json").read_text())["selected_engine"]
+        return StageOutcome(True, f"selected engine: {selected or 'none'}", out / "report.html")
+    report = make_report(run.ws, runs, slo=slo, out=out, title=f"trtbuild report: {run.profile.name}")
     detail = f"selected engine: {report.selected_engine or 'none'}"
     return StageOutcome(False, detail, report.path_html, report.to_dict())
 

@@ -42,7 +42,7 @@ def read_samples(path: str | Path) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TrtbuildError(f"cannot read calibration file {path}: {exc}; pass a UTF-8 .txt or .jsonl file") from None
-    samples = _parse(path.name, text, where=str(path))
+    samples = _parse(path.name, text.replace("\r\n", "\n"), where=str(path))
     if not samples:
         raise TrtbuildError(f"calibration file {path} holds no text; put one sample per line or paragraph")
     return samples
