@@ -58,7 +58,8 @@ def main() -> int:
         print(f"model        {source.path}")
         print(f"created in   {info['seconds']} s ({info.get('cpu_seconds')} s CPU), final loss {info['final_loss']}")
         print(f"FP8 top-1    {quality['fp8_top1_agreement']:.2%} of {quality['positions']} positions "
-              f"({'kv8' if args.kv8 else 'fp8'})")
+              f"({'kv8' if args.kv8 else 'fp8'}); {quality['fp8_top1_agreement_until_eos']:.2%} of the "
+              f"{quality['reply_positions']} up to EOS; mean KL {quality['mean_kl_fp32_fp8']:.4f}")
         print(f"peakedness   mean max prob {quality['mean_max_prob']:.3f}, "
               f"{quality['share_max_prob_below_0.5']:.1%} of positions below 0.5, "
               f"median top-1 margin {quality['median_top1_margin']:.2f} logits")

@@ -153,7 +153,8 @@ def test_an_interrupted_download_resumes_with_a_range_request(hub, ws):
     source = download(ws, "acme/tiny", progress=False)
 
     assert (source.path / "model-00001-of-00002.safetensors").read_bytes() == data
-    ranges = [r for method, path, r in hub.requests if method == "GET" and path.endswith("model-00001-of-00002.safetensors")]
+    ranges = [r for method, path, r in hub.requests
+              if method == "GET" and path.endswith("model-00001-of-00002.safetensors")]
     assert ranges == ["bytes=1000-"]
 
 

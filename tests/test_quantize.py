@@ -119,8 +119,8 @@ def test_local_calibration_files(tmp_path, workspace, tiny_model, tokenizer):
     lines.write_text("one line\nanother line\n")
     assert len(load_calibration_samples(CalibrationSettings(dataset=str(lines)))) == 2
     chats = tmp_path / "calib.jsonl"
-    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
-                     + "\n" + json.dumps({"text": "plain"}) + "\n")
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    chats.write_text(json.dumps(chat) + "\n" + json.dumps({"text": "plain"}) + "\n")
     batches = calibration_batches(CalibrationSettings(dataset=str(chats), batch_size=2, seed=0), tokenizer)
     assert sorted(batches[0]) == sorted([tokenizer.encode_chat([{"role": "user", "content": "Hi"}])
                                          + tokenizer.encode("Hello", bos=False) + [tokenizer.eos_id],

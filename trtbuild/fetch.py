@@ -61,7 +61,8 @@ def hub_error_message(exc: Exception, repo_id: str, revision: str | None, offlin
         return (f"{repo_id} is a gated repository: accept its terms at {page} and set HF_TOKEN to a token "
                 "of that account (https://huggingface.co/settings/tokens)")
     if isinstance(exc, errors.RevisionNotFoundError):
-        return f"revision {revision!r} does not exist in {repo_id}: pass a branch, tag or commit sha from {page}/commits/main"
+        return (f"revision {revision!r} does not exist in {repo_id}: pass a branch, tag or commit sha "
+                f"from {page}/commits/main")
     if isinstance(exc, errors.RepositoryNotFoundError):
         return (f"repository {repo_id} not found on the hub ({hub_endpoint()}): check the id; if it is private, "
                 "set HF_TOKEN to a token with access to it")
@@ -71,7 +72,8 @@ def hub_error_message(exc: Exception, repo_id: str, revision: str | None, offlin
             return ("the hub rejected the token (401 Unauthorized): set HF_TOKEN to a valid token from "
                     "https://huggingface.co/settings/tokens, or unset it for public models")
         if status == 403:
-            return f"the token has no access to {repo_id} (403 Forbidden): request access at {page} or use another token"
+            return (f"the token has no access to {repo_id} (403 Forbidden): request access at {page} "
+                    "or use another token")
         return f"the hub answered {status} for {at}: try again later (downloads resume where they stopped)"
     if isinstance(exc, errors.LocalEntryNotFoundError):
         if offline:

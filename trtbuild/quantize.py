@@ -172,7 +172,8 @@ def calibration_batches(calibration: CalibrationSettings, tokenizer) -> list[lis
     ids = [encode_sample(tokenizer, s)[: calibration.max_seq_len] for s in samples[: calibration.num_samples]]
     ids = [row for row in ids if len(row) > 1]
     if not ids:
-        raise TrtbuildError(f"calibration dataset {calibration.dataset!r} gave no usable samples; pass a file with text")
+        raise TrtbuildError(f"calibration dataset {calibration.dataset!r} gave no usable samples; "
+                            "pass a file with text")
     return [ids[i: i + calibration.batch_size] for i in range(0, len(ids), calibration.batch_size)]
 
 

@@ -16,13 +16,14 @@ confident (2 layers x 600 steps of 4 x 128 tokens: loss 0.09; 4 layers x 150 ste
 
 Deterministic: fixed seed, fixed thread count, fixed step count; the same machine and library versions
 give byte-identical weights (tests hash two creations). The cache directory name hashes the recipe, the
-corpus, the seed and the torch/transformers versions, so any change makes a new model.
+training code, the corpus and the torch/transformers versions, so any change makes a new model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import itertools
 import json
 import math
@@ -53,8 +54,6 @@ class TinyRecipe:
     seq_len: int = 128  # training windows, each starting at a document's BOS
     batch_size: int = 4  # small batches, many steps: more updates per second of CPU
     steps: int = 600
-    long_seq_len: int = 384  # the last long_steps train on single long windows: long-context prompts
-    long_steps: int = 150
     lr: float = 4e-3
     warmup_steps: int = 10
     seed: int = 0
@@ -69,8 +68,10 @@ def cache_key(recipe: TinyRecipe) -> str:
     from trtbuild.data import corpus_hash
 
     versions = library_versions()
-    # The training code too: a change to it changes the weights even when the recipe stays the same.
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    # The training code too: a change to it changes the weights even when the recipe stays the same
+    # (only the code that makes the weights: editing measure_quality must not rebuild every engine).
+    code = hashlib.sha256("".join(inspect.getsource(f) for f in (mistral_config, create_tiny_model, _train))
+                          .encode()).hexdigest()
     return canonical_hash({"recipe": recipe.to_dict(), "corpus": corpus_hash(), "code": code,
                            "torch": versions["torch"], "transformers": versions["transformers"]})[:16]
 
@@ -133,7 +134,8 @@ def _train(model, documents: list[list[int]], recipe: TinyRecipe, progress: bool
     index = {t: i for i, t in enumerate(active)}
     vocab = model.config.vocab_size
     stream = torch.tensor([index[t] for doc in documents for t in doc])
-    starts = torch.tensor([0, *itertools.accumulate(len(d) for d in documents)][:-1])  # each document's BOS
+    starts = torch.tensor([0, *itertools.accumulate(len(d) for d in documents)][:-1])
+    starts = starts[starts + recipe.seq_len + 1 <= len(stream)]  # windows begin at a document start (BOS)
     active_ids = torch.tensor(active)
     embed = torch.nn.Parameter(model.model.embed_tokens.weight.detach()[active_ids].clone())
     head = torch.nn.Parameter(model.lm_head.weight.detach()[active_ids].clone())
@@ -151,12 +153,9 @@ def _train(model, documents: list[list[int]], recipe: TinyRecipe, progress: bool
     losses = []
     model.train()
     bar = tqdm(range(recipe.steps), desc="training tiny-mistral", disable=not progress, unit="step")
-    for step in bar:
-        long = step >= recipe.steps - recipe.long_steps
-        rows, length = (1, recipe.long_seq_len) if long else (recipe.batch_size, recipe.seq_len)
-        fits = starts[starts + length + 1 <= len(stream)]
-        offsets = fits[torch.randint(len(fits), (rows,), generator=generator)]
-        window = torch.stack([stream[o: o + length + 1] for o in offsets.tolist()])
+    for _ in bar:
+        offsets = starts[torch.randint(len(starts), (recipe.batch_size,), generator=generator)]
+        window = torch.stack([stream[o: o + recipe.seq_len + 1] for o in offsets.tolist()])
         hidden = model.model(inputs_embeds=embed[window[:, :-1]]).last_hidden_state
         logits = torch.cat([hidden @ head.T, log_unused + hidden @ others_row[:, None]], dim=-1)
         loss = F.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
@@ -232,7 +231,8 @@ def measure_quality(model_dir: Path, prompts: list[list[int]], new_tokens: int =
                     calibration=None) -> dict:
     """FP32 greedy continuations of the prompts, then teacher-forced on them: how often the modelopt FP8
     fake-quantized model (calibrated on `calibration`, default: the builtin corpus) picks the same top-1
-    token, and how peaked the FP32 next-token distributions are (mean max probability)."""
+    token (over all new_tokens positions, and up to the first EOS), the mean KL(FP32 || FP8), and how
+    peaked the FP32 next-token distributions are (mean max probability, top-1 margin in logits)."""
     import copy
 
     import torch
@@ -267,12 +267,13 @@ def measure_quality(model_dir: Path, prompts: list[list[int]], new_tokens: int =
     same = [a.argmax(-1) == b.argmax(-1) for a, b in zip(fp32, fp8)]
     # A reply ends at EOS; what a model says after it (a made-up next document) is seldom generated.
     replies = [s[: c.index(tokenizer.eos_id) + 1] if tokenizer.eos_id in c else s for s, c in zip(same, continuations)]
-    kl = torch.cat([(a.log_softmax(-1).exp() * (a.log_softmax(-1) - b.log_softmax(-1))).sum(-1) for a, b in zip(fp32, fp8)])
-    max_prob = torch.cat([a.softmax(-1).max(-1).values for a in fp32])
-    top2 = torch.cat([a.topk(2, dim=-1).values for a in fp32])
-    return {"positions": int(max_prob.numel()), "fp8_top1_agreement": float(torch.cat(same).float().mean()),
+    logp32, logp8 = torch.cat(fp32).log_softmax(-1), torch.cat(fp8).log_softmax(-1)
+    max_prob = logp32.exp().max(-1).values
+    top2 = logp32.topk(2, dim=-1).values
+    return {"positions": len(max_prob), "fp8_top1_agreement": float(torch.cat(same).float().mean()),
             "reply_positions": sum(map(len, replies)),
             "fp8_top1_agreement_until_eos": float(torch.cat(replies).float().mean()),
-            "mean_kl_fp32_fp8": float(kl.mean()), "mean_max_prob": float(max_prob.mean()), "share_max_prob_below_0.5": float((max_prob < 0.5).float().mean()),
+            "mean_kl_fp32_fp8": float((logp32.exp() * (logp32 - logp8)).sum(-1).mean()),
+            "mean_max_prob": float(max_prob.mean()), "share_max_prob_below_0.5": float((max_prob < 0.5).float().mean()),
             "median_top1_margin": float((top2[:, 0] - top2[:, 1]).median()),
             "flips_per_prompt": [int((~s).sum()) for s in same], "continuations": continuations}

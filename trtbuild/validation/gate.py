@@ -69,6 +69,10 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     # run): FP8 rounding alone scored 0.45-0.81 token agreement on two builds of the same tiny recipe.
     "fp8": Thresholds(min_token_agreement=0.25, min_top1=0.9, max_mean_kl=0.01, max_kl=0.5,
                       max_mean_logprob_diff=0.1, min_rouge_l=0.4, max_rouge1_drop=2.0),
+    # The FP8 KV cache rounds every cached key and value as well: on the bundled set it roughly triples
+    # the mean KL (0.004-0.014 nats measured on four builds of the tiny model), still below damage + KV.
+    "fp8-kv8": Thresholds(min_token_agreement=0.25, min_top1=0.9, max_mean_kl=0.025, max_kl=0.5,
+                          max_mean_logprob_diff=0.1, min_rouge_l=0.4, max_rouge1_drop=2.0),
 }
 
 
