@@ -11,19 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trtbuild.cli import main
+from helpers import trtbuild
 from trtbuild.workspace import Workspace
-
-
-def trtbuild(capsys, workspace, *args):
-    """Run `trtbuild --workspace WS ARGS` in this process -> (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(["--workspace", str(workspace.root), *args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def last_line(text: str) -> str:

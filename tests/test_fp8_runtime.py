@@ -13,6 +13,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401  (autouse: one intra-op thread for this module)
 
 from trtbuild.runtime import SamplingParams, load_engine
 from trtbuild.runtime.fp8 import FP8_MAX, FP8Linear, fake_quant, round_fp8
@@ -53,16 +54,6 @@ def modelopt_reference(model_dir, kv_cache_fp8: bool):
             module.v_bmm_quantizer.amax = tensors[f"{name}.v_proj.v_scale"].float() * FP8_MAX
     assert ranges == 7 * config.num_hidden_layers
     return model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The references run on this thread: one intra-op thread, like the engine's (fast for a tiny model,
-    and immune to OpenMP stalls when other processes share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,7 @@ import re
 
 import pytest
 
-from trtbuild.cli import main
-
-
-def trtbuild(capsys, workspace, *args):
-    """Run `trtbuild --workspace WS ARGS` in this process -> (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(["--workspace", str(workspace.root), *args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import trtbuild
 
 
 STAT_LINE = re.compile(r"^\[(\d+) tokens in [\d.]+ s: [\d.]+ tok/s, TTFT \d+ ms, (\d+) prompt tokens, finish (\w+); "

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401  (autouse: one intra-op thread for this module)
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.runtime import ContextLengthExceeded, EngineError, SamplingParams, load_engine, load_reference
@@ -19,16 +20,6 @@ QUESTIONS = ["What is the capital of France?", "Which city is the capital of Den
 PLAIN = ["Once upon a time", "The capital of France is"]
 MAX_TOKENS = 24
 GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The references run on this thread: one intra-op thread, like the engine's (fast for a tiny model,
-    and immune to OpenMP stalls when other processes share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
