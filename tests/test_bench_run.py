@@ -96,6 +96,38 @@ def test_online_known_timings_multi_token_chunks_and_failures(ws):
     assert result.path.parent == ws.root / "bench"  # a foreign model: the workspace's bench directory
 
 
+def test_chat_known_timings_ignore_the_role_chunk(ws):
+    # the role-only chunk comes at once, the first content 20 ms later, then 2 tokens every 10 ms; the
+    # role chunk carries no usage while content chunks do (continuous usage): it must not be a chunk
+    with nullserver(ttft_ms=20, itl_ms=10, tokens_per_chunk=2) as url:
+        spec = WorkloadSpec(input_len=24, output_len=8, num_requests=6, warmup=1, seed=1, endpoint="chat")
+        (result,) = run_online_bench(ws, [url], "null", spec, [LoadSpec(concurrency=2)], progress=False)
+    s = result.summary
+    assert s.counts["succeeded"] == 6 and s.counts["flagged"] == {}
+    assert s.workload["endpoint"] == "chat" and s.workload["temperature"] == 0.0
+    assert s.token_counts["prompt"] == {"compared": 6, "differs": 0, "note": None}
+    for r in result.records:
+        assert r.chunk_tokens == [2, 2, 2, 2] and r.output_tokens == 8 and r.finish_reason == "length"
+        assert r.input_tokens == 24 and r.prompt_tokens_usage == 24  # the templated prompt, as the server counts
+        assert r.chunk_ns[0] - r.first_byte_ns >= 15e6  # the first byte was the role chunk, ~20 ms earlier
+    assert 20 <= s.latency_ms["ttft"]["p50"] < 60
+    assert 10 <= s.latency_ms["itl_chunk"]["p50"] < 30 and s.latency_ms["itl_token"]["n"] == 6 * 7
+    assert load_run(result.path).summary == s
+
+
+def test_prompt_count_mismatch_is_explained():
+    from trtbuild.bench.results import RequestRecord
+    from trtbuild.bench.runner import check_tokens
+
+    records = [RequestRecord(index=i, input_tokens=20, requested_output_tokens=3, prompt_tokens_usage=p,
+                             token_counts={"usage": 3}) for i, p in enumerate((20, 27, 27))]
+    tokens = check_tokens(records, WorkloadSpec(endpoint="chat"))
+    assert [r.flags for r in records] == [[], ["input_len_mismatch"], ["input_len_mismatch"]]
+    assert tokens["prompt"]["compared"] == 3 and tokens["prompt"]["differs"] == 2
+    note = tokens["prompt"]["note"]
+    assert "2 request(s)" in note and "27 for 20" in note and "another chat template" in note
+
+
 def test_open_loop_constant_rate_schedule_and_replicas(ws):
     with nullserver() as a, nullserver() as b:
         spec = WorkloadSpec(input_len=8, output_len=4, num_requests=12, warmup=1)
@@ -131,6 +163,23 @@ def test_cli_errors_are_one_line(ws, capsys):
     assert code == 1 and lines[-1].startswith("error: --slo ttft='fast' is not a number")
     code, lines = run_cli(capsys, "--workspace", str(ws.root), "bench", "--concurrency", "2", "--burstiness", "0.5")
     assert code == 1 and "--arrival gamma" in lines[-1]
+    code, lines = run_cli(capsys, "--workspace", str(ws.root), "bench", "fp16", "--endpoint", "chat")
+    assert code == 1 and lines[-2:] == ["STDERR:", "error: --endpoint chat applies to online runs only; add --url "
+                                                  "URL --model NAME, or drop it to benchmark ENGINE offline"]
+    code, lines = run_cli(capsys, "--workspace", str(ws.root), "bench", "--url", "http://127.0.0.1:9", "--model", "x",
+                          "--endpoint", "chat", "--prompt-format", "ids", "--no-progress")
+    assert code == 1 and lines[-2] == "STDERR:"  # refused before contacting the server
+    assert lines[-1].startswith("error: --prompt-format ids applies to --endpoint completions only")
+
+
+def test_cli_chat_endpoint_from_the_environment(ws, capsys, monkeypatch):
+    monkeypatch.setenv("TRTBUILD_BENCH_ENDPOINT", "chat")
+    with nullserver() as url:
+        code, lines = run_cli(capsys, "--workspace", str(ws.root), "bench", "--url", url, "--model", "null",
+                              "--num-requests", "2", "--input-len", "12", "--output-len", "3", "--no-progress")
+    assert code == 0
+    summary = load_run(lines[lines.index("STDERR:") - 1]).summary
+    assert summary.workload["endpoint"] == "chat" and summary.counts["succeeded"] == 2
 
 
 def test_summary_schema_round_trip(ws, tmp_path):
@@ -145,6 +194,17 @@ def test_summary_schema_round_trip(ws, tmp_path):
     for key in ("run_id", "tool_version", "seed", "system", "versions", "workload", "load", "counts", "throughput",
                 "latency_ms", "token_counts", "client", "validity", "target"):
         assert data[key] is not None, key
+    assert data["workload"]["endpoint"] == "completions" and data["workload"]["temperature"] == 0.0
+    assert WorkloadSpec.from_dict(data["workload"]) == WorkloadSpec(input_len=8, output_len=3, num_requests=3,
+                                                                    endpoint="completions")
+    # a summary written before the endpoint and temperature were recorded still loads, with the defaults
+    old = tmp_path / "old"
+    old.mkdir()
+    legacy = json.loads(json.dumps(data))
+    del legacy["workload"]["endpoint"], legacy["workload"]["temperature"]
+    (old / "summary.json").write_text(json.dumps(legacy))
+    spec = WorkloadSpec.from_dict(load_run(old).summary.workload)
+    assert spec.endpoint is None and spec.temperature == 0.0 and spec.input_len == 8
     data["schema_version"] = 999
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -181,8 +241,18 @@ def test_online_against_trtbuild_serve(workspace, engine_dirs):
         spec = WorkloadSpec(input_len=20, output_len=6, num_requests=4, warmup=1, seed=2)
         (result,) = run_online_bench(workspace, [url], engine_dir.name, spec, [LoadSpec(concurrency=2)],
                                      progress=False)
+        chat = WorkloadSpec(input_len=20, output_len=6, num_requests=4, warmup=1, seed=2, endpoint="chat")
+        (chat_result,) = run_online_bench(workspace, [url], engine_dir.name, chat, [LoadSpec(concurrency=2)],
+                                          progress=False)
     s = result.summary
     assert s.counts["succeeded"] == 4 and s.counts["flagged"] == {}  # exact lengths and prompt counts
     assert result.path.parent == workspace.bench_dir(engine_dir)  # the served model is a workspace engine
     assert s.target["engine_dir"] == str(engine_dir)
     assert all(r.output_tokens == 6 and r.token_source == "usage" for r in result.records)
+    # chat: the server's template is the client's, so usage.prompt_tokens is the exact templated length
+    c = chat_result.summary
+    assert c.workload["endpoint"] == "chat" and c.counts["succeeded"] == 4 and c.counts["flagged"] == {}
+    assert all(r.prompt_tokens_usage == r.input_tokens == 20 for r in chat_result.records)
+    assert all(r.output_tokens == 6 and r.token_source == "usage" and r.finish_reason == "length"
+               for r in chat_result.records)
+    assert c.token_counts["prompt"]["compared"] == 4 and c.token_counts["prompt"]["note"] is None

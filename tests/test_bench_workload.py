@@ -23,6 +23,46 @@ def test_exact_length_prompts_reencode_to_exact_length(tokenizer, length):
         assert ids[0] == tokenizer.bos_id and not set(ids[1:]) & tokenizer.control_ids
 
 
+@pytest.mark.parametrize("length", [4, 5, 9, 64, 300, 1000])
+def test_chat_prompts_are_exact_after_the_template(tokenizer, length):
+    rng = np.random.default_rng(length)
+    for _ in range(10):
+        ids, text = exact_length_prompt(tokenizer, length, rng, chat=True)
+        # what a Mistral v3 server templates and counts (BOS included) is exactly the asked length
+        assert len(ids) == length
+        assert tokenizer.encode_chat([{"role": "user", "content": text}]) == ids
+        assert ids[:2] == [tokenizer.bos_id, 3] and ids[-1] == 4  # <s>[INST] ... [/INST]
+        assert not set(ids[2:-1]) & tokenizer.control_ids
+
+
+def test_chat_workload_is_seeded_and_templated(tokenizer, tmp_path):
+    spec = WorkloadSpec(input_len=30, output_len=5, num_requests=4, warmup=1, seed=3, endpoint="chat")
+    a, b = build_requests(tokenizer, spec), build_requests(tokenizer, spec)
+    assert [r.prompt_text for r in a] == [r.prompt_text for r in b] and {r.input_len for r in a} == {30}
+    assert all(tokenizer.encode_chat([{"role": "user", "content": r.prompt_text}]) == r.prompt_ids for r in a)
+    with pytest.raises(TrtbuildError, match="--input-len must be >= 4"):
+        build_requests(tokenizer, WorkloadSpec(input_len=3, endpoint="chat"))
+    with pytest.raises(TrtbuildError, match="--endpoint must be completions or chat"):
+        build_requests(tokenizer, WorkloadSpec(endpoint="responses"))
+    # a dataset for chat: text rows are the message; id rows are decoded (control tokens dropped, so an
+    # already templated row is not templated twice); the input length is the templated message's
+    templated = tokenizer.encode_chat([{"role": "user", "content": "Hello world"}])
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"input_ids": templated, "output_tokens": 3}) + "\n"
+                    + json.dumps({"prompt": "Hi there", "output_tokens": 2}) + "\n")
+    reqs = build_requests(tokenizer, WorkloadSpec(dataset=str(path), num_requests=2, warmup=0, endpoint="chat"))
+    assert [(r.prompt_text, r.prompt_ids) for r in reqs] == [
+        ("Hello world", templated), ("Hi there", tokenizer.encode_chat([{"role": "user", "content": "Hi there"}]))]
+
+
+def test_offline_refuses_an_endpoint(tmp_path):
+    from trtbuild.bench.offline import run_offline_sweep
+    from trtbuild.workspace import Workspace
+
+    with pytest.raises(TrtbuildError, match="applies to online runs only"):
+        run_offline_sweep(Workspace(tmp_path), None, WorkloadSpec(endpoint="chat"), [LoadSpec()])
+
+
 def test_synthetic_workload_is_seeded(tokenizer):
     spec = WorkloadSpec(input_len=40, output_len=9, num_requests=5, warmup=2, seed=7)
     a, b = build_requests(tokenizer, spec), build_requests(tokenizer, spec)

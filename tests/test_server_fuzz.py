@@ -164,7 +164,10 @@ def check(response, body, path: str = "/v1/completions") -> None:
             data["usage"]["completion_tokens"]
         for choice in data["choices"]:
             assert choice["finish_reason"] in ("stop", "length")
-            assert "\ufffd" not in (choice.get("text") or choice.get("message", {}).get("content") or "")
+            # never a partial character at the cut; a U+FFFD inside is the model's own invalid byte sequence
+            # (unseeded sampling can produce one), which every server shows as such
+            if choice["finish_reason"] == "length":
+                assert not (choice.get("text") or choice.get("message", {}).get("content") or "").endswith("\ufffd")
 
 
 def post(client, path: str, body) -> None:

@@ -1,7 +1,9 @@
 """A no-op OpenAI-compatible streaming endpoint: for measuring the benchmark client itself.
 
 It runs no model. It answers /v1/completions with max_tokens chunks of one fixed token each (usage in
-every chunk when continuous_usage_stats is asked for), optionally `--itl-ms` apart, so the requests/s
+every chunk when continuous_usage_stats is asked for), optionally `--itl-ms` apart, and
+/v1/chat/completions the same way after a role-only first chunk (sent at once, before `--ttft-ms`, so a
+client that took it for the first token would report a visibly wrong TTFT), so the requests/s
 and chunks/s that `trtbuild bench --url` reaches against it are the client's ceiling on this machine
 (guidellm#136: a no-op server capped one popular client near 1000 req/s). Tests use it as a fake
 server with exactly known timings.
@@ -41,47 +43,64 @@ def make_app(ttft_ms: float = 0.0, itl_ms: float = 0.0, tokens_per_chunk: int = 
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async def completions(request: web.Request) -> web.StreamResponse:
+    async def completions(request: web.Request, chat: bool = False) -> web.StreamResponse:
         body = await request.json()
         state["n"] += 1
         if fail_every and state["n"] % fail_every == 0:
             return web.json_response({"error": {"message": "injected failure", "type": "server_error",
                                                 "param": None, "code": 500}}, status=500)
         n = max(int(body.get("max_tokens", 16)) - short_by, 1)
-        prompt = body.get("prompt")
-        prompt_tokens = len(prompt) if isinstance(prompt, list) else len(tokenizer.encode(str(prompt), bos=True))
+        if chat:  # the Mistral v3 template, as trtbuild serve counts it
+            prompt_tokens = len(tokenizer.encode_chat(body.get("messages") or []))
+        else:
+            prompt = body.get("prompt")
+            prompt_tokens = len(prompt) if isinstance(prompt, list) else len(tokenizer.encode(str(prompt), bos=True))
         options = body.get("stream_options") or {}
         continuous = bool(options.get("continuous_usage_stats"))
+        head = {"id": "chatcmpl-null" if chat else "cmpl-null",
+                "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
+                "model": model}
+
+        def usage(completion_tokens: int) -> dict:
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens}
+
+        async def send(choices: list, completion_tokens: int | None) -> None:
+            chunk = dict(head, choices=choices)
+            if completion_tokens is not None:
+                chunk["usage"] = usage(completion_tokens)
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        if chat:  # no usage here, as trtbuild serve does (vLLM puts usage 0 here): both must be ignored
+            await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                         "finish_reason": None}], None)
         if ttft_ms:
             await asyncio.sleep(ttft_ms / 1e3)
-        created, sent = int(time.time()), 0
+        sent = 0
         while sent < n:
             k = min(tokens_per_chunk, n - sent)
             sent += k
-            chunk = {"id": "cmpl-null", "object": "text_completion", "created": created, "model": model,
-                     "choices": [{"index": 0, "text": TOKEN_TEXT * k, "logprobs": None,
-                                  "finish_reason": "length" if sent == n else None}]}
-            if continuous:
-                chunk["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": sent,
-                                  "total_tokens": prompt_tokens + sent}
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            content = {"delta": {"content": TOKEN_TEXT * k}} if chat else {"text": TOKEN_TEXT * k}
+            await send([{"index": 0, **content, "logprobs": None, "finish_reason": "length" if sent == n else None}],
+                       sent if continuous else None)
             if itl_ms and sent < n:
                 await asyncio.sleep(itl_ms / 1e3)
         if options.get("include_usage"):
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
-            final = {"id": "cmpl-null", "object": "text_completion", "created": created, "model": model,
-                     "choices": [], "usage": usage}
-            await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+            await send([], n)
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        return await completions(request, chat=True)
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
     return app
 
 

@@ -19,6 +19,7 @@ from trtbuild.bench.metrics import SLO
 from trtbuild.bench.results import BenchResult, RequestRecord, save_run
 from trtbuild.bench.runner import run_load, summarize
 from trtbuild.bench.workload import BenchRequest, WorkloadSpec, build_requests, check_fits
+from trtbuild.errors import TrtbuildError
 from trtbuild.runtime.interface import ContextLengthExceeded, Engine, SamplingParams
 from trtbuild.workspace import Workspace
 
@@ -40,7 +41,7 @@ def sampling_for(req: BenchRequest, spec: WorkloadSpec) -> SamplingParams:
     """Exact output length: ignore EOS, and ask for exactly output_len tokens (min = max)."""
     exact = spec.ignore_eos
     return SamplingParams(max_tokens=req.output_len, min_tokens=req.output_len if exact else 0,
-                          ignore_eos=exact, temperature=0.0)
+                          ignore_eos=exact, temperature=spec.temperature)
 
 
 def make_issue(engine: Engine, spec: WorkloadSpec, bar: tqdm):
@@ -91,6 +92,9 @@ def run_offline_sweep(ws: Workspace, engine_dir: str | Path | None, workload: Wo
 
     engine: an already loaded Engine (else load_engine(engine_dir)); out_dir: where run directories
     go (default ws.bench_dir(engine_dir))."""
+    if workload.endpoint is not None:
+        raise TrtbuildError(f"--endpoint {workload.endpoint} applies to online runs only (--url URL --model NAME); "
+                            "offline, the prompt ids go straight to the engine: drop it")
     owned = engine is None
     if owned:
         from trtbuild.runtime import load_engine

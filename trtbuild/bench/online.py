@@ -1,4 +1,5 @@
-"""Online benchmark: an asyncio client against OpenAI-compatible endpoints (/v1/completions, streaming).
+"""Online benchmark: an asyncio client against OpenAI-compatible endpoints (/v1/completions or
+/v1/chat/completions, streaming).
 
 One aiohttp session, its pool sized to the load (limit = concurrency), 1 MiB read buffer (vllm#39963),
 perf_counter_ns stamps taken when a read completes an SSE event. Prompts go as text by default (any
@@ -8,11 +9,15 @@ Exact output lengths ask for ignore_eos + min_tokens = max_tokens; stream_option
 (include_usage) and per-chunk usage (continuous_usage_stats) where the server accepts them: a probe
 request finds out, and drops what a server rejects with 400. Output counts come from usage, with the
 client's re-tokenization of the text as a cross-check. Queue time is the server's: unknown here.
+Chat (`WorkloadSpec.endpoint="chat"`) sends the prompt text as one user message and reads
+`choices[0].delta.content`; the first chunk carries only the role and is no content chunk (TTFT stays
+the first content). One request/stream path serves both endpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,6 +36,7 @@ from trtbuild.tokenizer import Tokenizer
 from trtbuild.workspace import Workspace
 
 READ_BUFSIZE = 1 << 20
+PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
 
 def _headers(api_key: str | None) -> dict:
@@ -38,9 +44,14 @@ def _headers(api_key: str | None) -> dict:
 
 
 def request_body(req: BenchRequest, model: str, spec: WorkloadSpec, extensions: dict, prompt_format: str) -> dict:
-    use_ids = prompt_format == "ids" or req.prompt_text is None
-    body = {"model": model, "prompt": req.prompt_ids if use_ids else req.prompt_text, "max_tokens": req.output_len,
-            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+    body: dict = {"model": model}
+    if spec.endpoint == "chat":  # the workload built the text so that the templated prompt is exact
+        body["messages"] = [{"role": "user", "content": req.prompt_text}]
+    else:
+        use_ids = prompt_format == "ids" or req.prompt_text is None
+        body["prompt"] = req.prompt_ids if use_ids else req.prompt_text
+    body.update({"max_tokens": req.output_len, "temperature": spec.temperature, "stream": True,
+                 "stream_options": {"include_usage": True}})
     if extensions.get("continuous_usage_stats"):
         body["stream_options"]["continuous_usage_stats"] = True
     if spec.ignore_eos and extensions.get("ignore_eos"):
@@ -49,16 +60,17 @@ def request_body(req: BenchRequest, model: str, spec: WorkloadSpec, extensions: 
     return body
 
 
-async def stream_completion(session: aiohttp.ClientSession, url: str, body: dict, rec: RequestRecord, t0: int,
-                            texts: dict) -> None:
-    """Send one streaming completion and fill rec; the text goes to texts[rec.index] for re-tokenizing."""
+async def stream_completion(session: aiohttp.ClientSession, url: str, path: str, body: dict, rec: RequestRecord,
+                            t0: int, texts: dict) -> None:
+    """Send one streaming (chat) completion to url + path and fill rec; the text goes to texts[rec.index]
+    for re-tokenizing."""
     parser, pieces = SSEParser(), []
     counted = 0  # completion tokens reported by continuous usage so far
     per_chunk: list[int] | None = []
     rec.target = url
     rec.sent_ns = time.perf_counter_ns() - t0
     try:
-        async with session.post(url + "/v1/completions", json=body) as resp:
+        async with session.post(url + path, json=body) as resp:
             if resp.status != 200:
                 rec.error_type, rec.error = f"http_{resp.status}", (await resp.text())[:300]
                 return
@@ -77,17 +89,20 @@ async def stream_completion(session: aiohttp.ClientSession, url: str, body: dict
                         continue
                     usage = event.get("usage") or None
                     choices = event.get("choices") or []
-                    text, tokens = "", 0
+                    text, tokens, role_only = "", 0, False
                     if choices:
                         choice = choices[0]
-                        text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+                        delta = choice.get("delta") or {}
+                        text = choice.get("text") or delta.get("content") or ""
                         rec.finish_reason = choice.get("finish_reason") or rec.finish_reason
+                        # chat's first chunk: {"role": "assistant", "content": ""}, no token yet
+                        role_only = "role" in delta and not text and not choice.get("finish_reason")
                     if usage is not None and usage.get("completion_tokens") is not None:
                         tokens = usage["completion_tokens"] - counted
                         counted = usage["completion_tokens"]
                         rec.token_counts["usage"] = counted
                         rec.prompt_tokens_usage = usage.get("prompt_tokens")
-                    elif choices:
+                    elif choices and not role_only:
                         per_chunk = None  # a content chunk without usage: the split is unknown
                     if choices and (text or tokens > 0):
                         rec.chunk_ns.append(now)
@@ -108,8 +123,10 @@ async def stream_completion(session: aiohttp.ClientSession, url: str, body: dict
         rec.error_type, rec.error = "empty_response", "the stream carried no content"
 
 
-async def probe(session: aiohttp.ClientSession, url: str, model: str, api_key: str | None) -> dict:
-    """Check the endpoint and model, and which request extensions it accepts (a 400 drops one)."""
+async def probe(session: aiohttp.ClientSession, url: str, model: str, api_key: str | None,
+                endpoint: str = "completions") -> dict:
+    """Check the server and model, and which request extensions the endpoint benchmarked accepts (a 400
+    drops one)."""
     info: dict = {"url": url}
     try:
         async with session.get(url + "/v1/models", headers=_headers(api_key)) as resp:
@@ -125,19 +142,20 @@ async def probe(session: aiohttp.ClientSession, url: str, model: str, api_key: s
         raise TrtbuildError(f"cannot reach {url} ({type(exc).__name__}: {exc}); is the server running?") from None
     extensions = {"ignore_eos": True, "continuous_usage_stats": True}
     probe_req = BenchRequest(-1, [1, 1032], "Hello", 2)
+    where = url + PATHS[endpoint]
     for drop in (None, "continuous_usage_stats", "ignore_eos"):
         if drop:
             extensions[drop] = False
-        body = request_body(probe_req, model, WorkloadSpec(), extensions, "text")
-        async with session.post(url + "/v1/completions", json=body) as resp:
+        body = request_body(probe_req, model, WorkloadSpec(endpoint=endpoint), extensions, "text")
+        async with session.post(where, json=body) as resp:
             await resp.read()
             if resp.status == 200:
                 info["extensions"] = extensions
                 return info
             if resp.status != 400:
-                raise TrtbuildError(f"{url}/v1/completions answered HTTP {resp.status} to a probe request; "
-                                    "check --url, --model and the API key")
-    raise TrtbuildError(f"{url}/v1/completions rejects streaming completions (HTTP 400); is it OpenAI-compatible?")
+                raise TrtbuildError(f"{where} answered HTTP {resp.status} to a probe request; "
+                                    "check --url, --model, --endpoint and the API key")
+    raise TrtbuildError(f"{where} rejects streaming requests (HTTP 400); is it OpenAI-compatible?")
 
 
 def resolve_target_engine(ws: Workspace, model: str, engine_dir: str | Path | None) -> Path | None:
@@ -149,6 +167,7 @@ def resolve_target_engine(ws: Workspace, model: str, engine_dir: str | Path | No
 
 async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_s, progress, tokenizer):
     requests = build_requests(tokenizer, spec)
+    path = PATHS[spec.endpoint]
     pool = max(max((load.concurrency or 0) for load in loads), 1)
     if any(load.open_loop for load in loads):
         pool = max(pool, min(len(requests), 1024))  # open loop: every request in flight may need a socket
@@ -157,7 +176,7 @@ async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_
     out = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE,
                                      headers=_headers(api_key)) as session:
-        servers = [await probe(session, url, model, api_key) for url in urls]
+        servers = [await probe(session, url, model, api_key, spec.endpoint) for url in urls]
         extensions = {k: all(s["extensions"][k] for s in servers) for k in servers[0]["extensions"]}
         for load in loads:
             texts: dict[int, str] = {}
@@ -166,7 +185,7 @@ async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_
 
             async def issue(req: BenchRequest, rec: RequestRecord, t0: int, texts=texts, bar=bar) -> None:
                 body = request_body(req, model, spec, extensions, prompt_format)
-                await stream_completion(session, urls[req.index % len(urls)], body, rec, t0, texts)
+                await stream_completion(session, urls[req.index % len(urls)], path, body, rec, t0, texts)
                 bar.update(1)
 
             records, monitor = await run_load(requests, load, issue)
@@ -179,7 +198,8 @@ def run_online_bench(ws: Workspace, urls: list[str], model: str, workload: Workl
                      slo: SLO | None = None, *, api_key: str | None = None, prompt_format: str = "text",
                      engine_dir: str | Path | None = None, timeout_s: float = 600.0, progress: bool = True,
                      out_dir: str | Path | None = None) -> list[BenchResult]:
-    """Benchmark an OpenAI-compatible endpoint (urls: replicas, round-robin) at each load level.
+    """Benchmark an OpenAI-compatible endpoint (urls: replicas, round-robin) at each load level;
+    workload.endpoint picks /v1/completions (default) or /v1/chat/completions.
 
     Runs are saved under ws.bench_dir(engine) when the model is a workspace engine (or engine_dir is
     given), else under <workspace>/bench/."""
@@ -187,6 +207,12 @@ def run_online_bench(ws: Workspace, urls: list[str], model: str, workload: Workl
         raise TrtbuildError("give at least one --url")
     if prompt_format not in ("text", "ids"):
         raise TrtbuildError(f"--prompt-format must be text or ids, got {prompt_format!r}")
+    workload = dataclasses.replace(workload, endpoint=workload.endpoint or "completions")  # recorded as sent
+    if workload.endpoint not in PATHS:
+        raise TrtbuildError(f"--endpoint must be completions or chat, got {workload.endpoint!r}")
+    if workload.endpoint == "chat" and prompt_format == "ids":
+        raise TrtbuildError("--prompt-format ids applies to --endpoint completions only: a chat message is text "
+                            "(the server applies its chat template); drop it")
     urls = [u.rstrip("/").removesuffix("/v1") for u in urls]
     for load in loads:
         load.check()

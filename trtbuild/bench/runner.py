@@ -163,7 +163,8 @@ def client_health(records: list[RequestRecord], load: LoadSpec, monitor: ClientM
 def check_tokens(records: list[RequestRecord], spec: WorkloadSpec) -> dict:
     """Choose each request's output count (engine > usage > client), flag disagreements and wrong lengths."""
     sources: dict[str, int] = {}
-    compared = differs = 0
+    compared = differs = prompts_compared = 0
+    prompt_pairs: dict[tuple[int, int], int] = {}  # (client, server) prompt counts that differ -> requests
     abs_diff = []
     for r in records:
         counts = {k: v for k, v in r.token_counts.items() if v is not None}
@@ -180,15 +181,36 @@ def check_tokens(records: list[RequestRecord], spec: WorkloadSpec) -> dict:
             compared += 1
             differs += counts["client"] != r.output_tokens
             abs_diff.append(abs(counts["client"] - r.output_tokens))
-        if r.prompt_tokens_usage is not None and r.prompt_tokens_usage != r.input_tokens:
-            r.flags.append("input_len_mismatch")
+        if r.prompt_tokens_usage is not None:
+            prompts_compared += 1
+            if r.prompt_tokens_usage != r.input_tokens:
+                r.flags.append("input_len_mismatch")
+                pair = (r.input_tokens, r.prompt_tokens_usage)
+                prompt_pairs[pair] = prompt_pairs.get(pair, 0) + 1
         if spec.ignore_eos and r.output_tokens != r.requested_output_tokens:
             r.flags.append("length_mismatch")
     return {"sources": sources, "authority": ["engine", "usage", "client"],
             "client_retokenization": {"compared": compared, "differs": differs,
                                       "mean_abs_diff": float(np.mean(abs_diff)) if abs_diff else None,
                                       "note": "decode/re-encode is not an identity: a difference here is "
-                                              "expected and does not fail the run"}}
+                                              "expected and does not fail the run"},
+            "prompt": {"compared": prompts_compared, "differs": sum(prompt_pairs.values()),
+                       "note": _prompt_note(spec, prompt_pairs)}}
+
+
+def _prompt_note(spec: WorkloadSpec, pairs: dict[tuple[int, int], int]) -> str | None:
+    """What input_len_mismatch means, in words: the server counted the prompt differently from the client."""
+    if not pairs:
+        return None
+    shown = ", ".join(f"{server} for {client}" for client, server in sorted(pairs)[:3])
+    if spec.endpoint == "chat":
+        why = ("the client counts the prompt under the Mistral v3 chat template (BOS included), so the server "
+               "applies another chat template or tokenizer")
+    else:
+        why = "the server's tokenizer encodes the prompt to another length than the Mistral v3 tokenizer"
+    return (f"input_len_mismatch on {sum(pairs.values())} request(s): the server's usage.prompt_tokens was "
+            f"{shown}{' ...' if len(pairs) > 3 else ''} tokens counted by the client; {why}. Input tokens and "
+            "input tok/s use the client's count")
 
 
 def summarize(mode: str, spec: WorkloadSpec, load: LoadSpec, target: dict, records: list[RequestRecord],

@@ -6,6 +6,10 @@ wrong most of the time because decode/encode is not an identity). Lengths count 
 engine sees the prompt. The prompt is kept both as ids (offline, and online `--prompt-format ids`) and
 as the text that encodes to them (online default: any OpenAI-compatible server accepts text).
 
+Chat workloads (`endpoint="chat"`, online only) send the text as one user message; the server applies its
+chat template, so the length that is exact is the TEMPLATED prompt (Tokenizer.encode_chat, Mistral v3:
+`<s>[INST] text[/INST]`, BOS included) and prompt_ids hold those templated ids.
+
 Datasets are JSON lines: trtllm-bench's {"task_id", "input_ids", "output_tokens"} or
 {"prompt": text, "output_tokens": N}.
 """
@@ -16,6 +20,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,6 +28,7 @@ from trtbuild.errors import TrtbuildError
 from trtbuild.tokenizer import Tokenizer
 
 MAX_ADJUST_ROUNDS = 64
+ENDPOINTS = (None, "completions", "chat")  # None: offline, no HTTP endpoint
 
 
 @dataclass
@@ -34,6 +40,9 @@ class WorkloadSpec:
     warmup: int = 2  # extra requests sent first and left out of every statistic
     seed: int = 0
     ignore_eos: bool = True  # exact output lengths: ignore_eos + max_tokens (+ min_tokens)
+    # online: "completions" (the default there) or "chat"; None offline: the ids go straight to the engine
+    endpoint: str | None = None
+    temperature: float = 0.0  # the sampling asked for (greedy), online and offline; recorded with the run
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,21 +74,45 @@ def _text_ids(tokenizer: Tokenizer) -> tuple[int, int]:
     return first, tokenizer.vocab_size
 
 
-def exact_length_prompt(tokenizer: Tokenizer, length: int, rng: np.random.Generator) -> tuple[list[int], str]:
-    """(ids, text) with len(ids) == length and tokenizer.encode(text, bos=True) == ids."""
-    if length < 2:
-        raise TrtbuildError(f"--input-len must be >= 2 (BOS plus at least one token), got {length}")
+def _template(tokenizer: Tokenizer, chat: bool) -> tuple[Callable[[str], list[int]], int, int]:
+    """(encode, tokens before the text, tokens after it): plain prompts are BOS + text; a chat prompt is
+    the v3 template around one user message, measured here rather than assumed."""
+    if not chat:
+        return (lambda text: tokenizer.encode(text, bos=True)), 1, 0
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode_chat([{"role": "user", "content": text}])
+
+    empty = encode("")
+    probe = tokenizer.encode("x", bos=False)
+    full = encode("x")
+    for before in range(len(empty) + 1):
+        if full == empty[:before] + probe + empty[before:]:
+            return encode, before, len(empty) - before
+    raise TrtbuildError("the chat template does not keep the user text as is; cannot build exact-length prompts")
+
+
+def exact_length_prompt(tokenizer: Tokenizer, length: int, rng: np.random.Generator,
+                        chat: bool = False) -> tuple[list[int], str]:
+    """(ids, text) with len(ids) == length and ids == the text re-encoded: tokenizer.encode(text, bos=True),
+    or with chat=True the templated prompt tokenizer.encode_chat([{"role": "user", "content": text}])."""
+    encode, before, after = _template(tokenizer, chat)
+    overhead = before + after
+    if length < overhead + 1:
+        what = "the chat template's tokens" if chat else "BOS"
+        raise TrtbuildError(f"--input-len must be >= {overhead + 1} ({what} plus at least one token), got {length}")
     lo, hi = _text_ids(tokenizer)
-    body = rng.integers(lo, hi, length - 1).tolist()
+    body = rng.integers(lo, hi, length - overhead).tolist()
     for _ in range(MAX_ADJUST_ROUNDS):
         text = tokenizer.decode(body)
-        ids = tokenizer.encode(text, bos=True)
+        ids = encode(text)
         if len(ids) == length:
             return ids, text
+        inner = ids[before:len(ids) - after]  # the text's own tokens, template stripped
         if len(ids) > length:
-            body = ids[1:length]  # a prefix of a valid encoding; its text re-encodes close to it
+            body = inner[:length - overhead]  # a prefix of a valid encoding; its text re-encodes close to it
         else:
-            body = ids[1:] + rng.integers(lo, hi, length - len(ids)).tolist()
+            body = inner + rng.integers(lo, hi, length - len(ids)).tolist()
     raise TrtbuildError(f"could not build a prompt of exactly {length} tokens in {MAX_ADJUST_ROUNDS} rounds; "
                         "try another --seed")
 
@@ -89,7 +122,7 @@ def synthetic(tokenizer: Tokenizer, spec: WorkloadSpec) -> list[BenchRequest]:
     total = spec.warmup + spec.num_requests
     out = []
     for i in range(total):
-        ids, text = exact_length_prompt(tokenizer, spec.input_len, rng)
+        ids, text = exact_length_prompt(tokenizer, spec.input_len, rng, chat=spec.endpoint == "chat")
         out.append(BenchRequest(i, ids, text, spec.output_len, warmup=i < spec.warmup))
     return out
 
@@ -133,11 +166,23 @@ def read_dataset(path: str | Path, tokenizer: Tokenizer) -> list[tuple[list[int]
 def from_dataset(tokenizer: Tokenizer, spec: WorkloadSpec) -> list[BenchRequest]:
     """Dataset rows in file order, cycled when more requests are asked for than it holds."""
     rows = read_dataset(spec.dataset, tokenizer)
+    if spec.endpoint == "chat":
+        rows = [chat_row(tokenizer, *row) for row in rows]
     total = spec.warmup + spec.num_requests
     return [BenchRequest(i, *rows[i % len(rows)], warmup=i < spec.warmup) for i in range(total)]
 
 
+def chat_row(tokenizer: Tokenizer, ids: list[int], text: str | None, out_len: int) -> tuple[list[int], str, int]:
+    """A dataset row as a chat request: its text (input_ids decoded, control tokens dropped, so ids that
+    already hold a template are not templated twice) becomes the user message; the input length is what
+    the templated message encodes to, which can differ from len(input_ids)."""
+    content = text if text is not None else tokenizer.decode(ids)
+    return tokenizer.encode_chat([{"role": "user", "content": content}]), content, out_len
+
+
 def build_requests(tokenizer: Tokenizer, spec: WorkloadSpec) -> list[BenchRequest]:
+    if spec.endpoint not in ENDPOINTS:
+        raise TrtbuildError(f"--endpoint must be completions or chat, got {spec.endpoint!r}")
     if spec.num_requests < 1:
         raise TrtbuildError(f"--num-requests must be >= 1, got {spec.num_requests}")
     if spec.warmup < 0:

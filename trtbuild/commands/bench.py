@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from trtbuild.cli import emit
 from trtbuild.errors import RegressionDetected, TrtbuildError
@@ -20,6 +21,9 @@ def _run_line(result, with_path: bool = True) -> str:
         line += f"\n  failures: {s.counts['failures_by_type']}"
     if not result.valid:
         line += "\n  INVALID: " + "; ".join(s.validity["reasons"])
+    note = (s.token_counts.get("prompt") or {}).get("note")
+    if note:
+        line += "\n  note: " + note
     return line + (f"\n  {result.path}" if with_path else "")
 
 
@@ -53,21 +57,27 @@ def _ms(latency: dict, metric: str) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds prompts and arrivals.")
 @click.option("--slo", default=None, envvar="TRTBUILD_SLO", help="Latency targets, e.g. ttft=500,tpot=50,e2e=5000 "
                                                                  "(ms) [env TRTBUILD_SLO].")
+@click.option("--endpoint", type=click.Choice(["completions", "chat"]), default="completions", show_default=True,
+              envvar="TRTBUILD_BENCH_ENDPOINT",
+              help="Online: stream /v1/completions, or /v1/chat/completions with each prompt wrapped as one user "
+                   "message; the server applies its chat template, so the input length counted (and made "
+                   "exact) is the templated prompt (Mistral v3, BOS included) [env TRTBUILD_BENCH_ENDPOINT].")
 @click.option("--prompt-format", type=click.Choice(["text", "ids"]), default="text", show_default=True,
-              help="Online: send prompts as text or as token-id lists.")
+              help="Online, --endpoint completions: send prompts as text or as token-id lists.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Online: per-request timeout (s).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summaries as JSON.")
 @click.pass_obj
 def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arrival, burstiness, num_requests,
-              duration, warmup, input_len, output_len, dataset, seed, slo, prompt_format, timeout, progress,
+              duration, warmup, input_len, output_len, dataset, seed, slo, endpoint, prompt_format, timeout, progress,
               as_json):
     """Benchmark ENGINE offline (in-process), or a server online with --url.
 
     \b
     Offline: requests go straight into the engine through the generation interface.
-    Online: streaming /v1/completions against any OpenAI-compatible server (ours, trtllm-serve, vLLM,
-    NIM). With both ENGINE and --url, the server is taken to serve ENGINE and the runs are stored with it.
+    Online: streaming /v1/completions (or /v1/chat/completions with --endpoint chat) against any
+    OpenAI-compatible server (ours, trtllm-serve, vLLM, NIM). With both ENGINE and --url, the server is
+    taken to serve ENGINE and the runs are stored with it.
     Each load level is one run: <engine>/bench/<run-id>/ (online, foreign model: <workspace>/bench/),
     holding summary.json and requests.jsonl. Output lengths are exact (ignore_eos); a run whose lengths
     differ exits 1. Metric definitions: docs/benchmarks.md. The last line printed is the last run's path.
@@ -76,6 +86,7 @@ def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arriv
       trtbuild bench fp8 --concurrency 1,4,16 --input-len 128 --output-len 64
       trtbuild bench fp16 --request-rate 2 --arrival gamma --burstiness 0.5 --slo ttft=500,tpot=50
       trtbuild bench --url http://127.0.0.1:8000 --model fp8-0123abcd --concurrency 8
+      trtbuild bench --url http://127.0.0.1:8000 --model fp8-0123abcd --endpoint chat
     """
     from trtbuild.bench.arrivals import parse_levels, sweep
     from trtbuild.bench.metrics import SLO
@@ -85,8 +96,14 @@ def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arriv
                   arrival, burstiness, duration, seed)
     if burstiness != 1.0 and arrival != "gamma":
         raise TrtbuildError("--burstiness applies to --arrival gamma only; add --arrival gamma")
+    # offline, an --endpoint typed on the command line is a mistake; the env var is a session-wide online
+    # default, ignored offline like OPENAI_API_KEY
+    given = click.get_current_context().get_parameter_source("endpoint") == ParameterSource.COMMANDLINE
+    if not urls and given:
+        raise TrtbuildError(f"--endpoint {endpoint} applies to online runs only; add --url URL --model NAME, or drop "
+                            "it to benchmark ENGINE offline")
     spec = WorkloadSpec(input_len=input_len, output_len=output_len, dataset=dataset, num_requests=num_requests,
-                        warmup=warmup, seed=seed)
+                        warmup=warmup, seed=seed, endpoint=endpoint if urls else None)
     targets = SLO.parse(slo)
     if urls:
         from trtbuild.bench.online import run_online_bench

@@ -130,7 +130,7 @@ def validate_stage(run: PipelineRun) -> StageOutcome:
 def bench_stage(run: PipelineRun) -> StageOutcome:
     """The profile's [bench] sweep on every engine that passed; load levels already measured with the
     same workload are reused."""
-    from trtbuild.bench import from_profile, load_run, run_offline_sweep
+    from trtbuild.bench import WorkloadSpec, from_profile, load_run, run_offline_sweep
     from trtbuild.bench.results import find_runs
 
     workload, loads, slo = from_profile(run.profile.bench)
@@ -139,7 +139,8 @@ def bench_stage(run: PipelineRun) -> StageOutcome:
         done = {}
         for path in find_runs(run.ws.bench_dir(engine_dir)):
             summary = load_run(path).summary
-            if summary.workload == workload.to_dict():
+            # compared as specs: a summary written before a WorkloadSpec field existed gets its default
+            if WorkloadSpec.from_dict(summary.workload) == workload:
                 done[json.dumps(summary.load, sort_keys=True)] = path
         todo = [load for load in loads if json.dumps(load.to_dict(), sort_keys=True) not in done]
         if todo or run.force:

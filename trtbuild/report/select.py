@@ -113,8 +113,8 @@ def select_engine(runs: list[BenchResult], slo: SLO | None) -> Selection:
     entries = group(runs)
     what = f"goodput under {slo}" if slo and slo.targets() else "request throughput (no SLO given)"
     notes = []
-    workloads = {json.dumps({k: r.summary.workload.get(k) for k in ("input_len", "output_len", "dataset")},
-                            sort_keys=True) for r in runs}
+    like = ("input_len", "output_len", "dataset", "endpoint", "temperature")  # endpoint: None offline
+    workloads = {json.dumps({k: r.summary.workload.get(k) for k in like}, sort_keys=True) for r in runs}
     if len(workloads) > 1:
         notes.append("runs use different workloads: the comparison is not like for like")
     for e in entries:

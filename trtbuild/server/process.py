@@ -24,8 +24,9 @@ from trtbuild.errors import TrtbuildError
 
 class ServerProcess:
     def __init__(self, engine: str | Path, workspace: str | Path | None = None, args: Sequence[str] = (),
-                 log_path: str | Path | None = None, env: dict | None = None):
+                 log_path: str | Path | None = None, env: dict | None = None, cpus: set[int] | None = None):
         self.engine, self.workspace, self.args = str(engine), workspace, list(args)
+        self.cpus = cpus  # pin the server (and every thread it starts) to these CPUs: benchmarks on small boxes
         self.log_path = Path(log_path) if log_path else None
         self.env = env
         self.proc: subprocess.Popen | None = None
@@ -51,7 +52,8 @@ class ServerProcess:
         cmd += ["serve", self.engine, "--port", "0", "--json", *self.args]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env)
+        pin = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, preexec_fn=pin)
         if log is not subprocess.DEVNULL:
             log.close()
         text = ""
