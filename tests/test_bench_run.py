@@ -98,7 +98,7 @@ def test_online_known_timings_multi_token_chunks_and_failures(ws):
 
 def test_chat_known_timings_ignore_the_role_chunk(ws):
     # the role-only chunk comes at once, the first content 20 ms later, then 2 tokens every 10 ms; the
-    # role chunk carries no usage while content chunks do (continuous usage): it must not be a chunk
+    # role chunk carries usage with 0 tokens, as vLLM sends it with continuous usage: it must not be a chunk
     with nullserver(ttft_ms=20, itl_ms=10, tokens_per_chunk=2) as url:
         spec = WorkloadSpec(input_len=24, output_len=8, num_requests=6, warmup=1, seed=1, endpoint="chat")
         (result,) = run_online_bench(ws, [url], "null", spec, [LoadSpec(concurrency=2)], progress=False)

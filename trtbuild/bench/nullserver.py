@@ -73,9 +73,9 @@ def make_app(ttft_ms: float = 0.0, itl_ms: float = 0.0, tokens_per_chunk: int = 
 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        if chat:  # no usage here, as trtbuild serve does (vLLM puts usage 0 here): both must be ignored
+        if chat:  # with continuous usage, vLLM puts usage 0 on the role chunk (trtbuild serve none): ignore both
             await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None}], None)
+                         "finish_reason": None}], 0 if continuous else None)
         if ttft_ms:
             await asyncio.sleep(ttft_ms / 1e3)
         sent = 0
