@@ -97,7 +97,7 @@ def server_view(access_log: Path, start: float, end: float, input_len: int, outp
 
 def read_ours(stdout: str) -> dict:
     run = json.loads(stdout)["runs"][0]
-    records = [json.loads(line) for line in open(Path(run["path"]) / "requests.jsonl")]
+    records = [json.loads(line) for line in (Path(run["path"]) / "requests.jsonl").read_text().splitlines()]
     records = [r for r in records if not r["warmup"] and r["error_type"] is None]
     return {"ttft_p50_ms": run["latency_ms"]["ttft"]["p50"],
             "output_tokens_per_s": run["throughput"]["output_tokens_per_s"],
@@ -108,7 +108,7 @@ def read_ours(stdout: str) -> dict:
 
 def read_aiperf(artifacts: Path) -> dict:
     export = json.loads((artifacts / "profile_export_aiperf.json").read_text())
-    records = [json.loads(line)["metadata"] for line in open(artifacts / "profile_export.jsonl")]
+    records = [json.loads(line)["metadata"] for line in (artifacts / "profile_export.jsonl").read_text().splitlines()]
     records = [m for m in records if m.get("benchmark_phase") == "profiling"]
     return {"ttft_p50_ms": export["time_to_first_token"]["p50"],
             "output_tokens_per_s": export["output_token_throughput"]["avg"],

@@ -12,7 +12,8 @@ import pytest
 
 from trtbuild.server.process import ServerProcess
 
-_spec = importlib.util.spec_from_file_location("compare_aiperf", Path(__file__).parents[1] / "bench" / "compare_aiperf.py")
+SCRIPT = Path(__file__).parents[1] / "bench" / "compare_aiperf.py"
+_spec = importlib.util.spec_from_file_location("compare_aiperf", SCRIPT)
 compare_aiperf = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compare_aiperf)
 
