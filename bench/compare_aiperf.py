@@ -160,6 +160,7 @@ def compare(args) -> dict:
     shape = ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
     rows = []
     with ServerProcess(engine_dir, ws.root, ["--log-level", "info"], log_path=access_log, cpus=server_cpus) as server:
+        print(TABLE_HEAD, end="", file=sys.stderr)
         for load in args.load:
             ours_load, aiperf_load = load_args(load)
             for round_ in range(1, args.rounds + 1):
@@ -197,7 +198,7 @@ def compare(args) -> dict:
                            "server": server_view(access_log, start, end, args.input_len, args.output_len,
                                                  args.warmup)}
                     rows.append(row)
-                    print(format_row(row), file=sys.stderr)
+                    print(table_row(row), end="", file=sys.stderr)
     result = {"engine": str(engine_dir), "input_len": args.input_len, "output_len": args.output_len,
               "num_requests": args.num_requests, "server_cpus": sorted(server_cpus or ()),
               "client_cpus": sorted(client_cpus or ()), "rows": rows, "agreement": agreement(rows)}
@@ -229,22 +230,20 @@ def _turnaround(row: dict) -> str:
     return f"{value:.2f}" if row["load"].startswith("concurrency") and value is not None else "-"
 
 
-def format_row(row: dict) -> str:
-    c, s = row["client"], row["server"]
-    return (f"{row['load']:>14} r{row['round']} {row['tool']:>8}: TTFT p50 {c['ttft_p50_ms']:7.2f} ms, "
-            f"{c['output_tokens_per_s']:7.1f} out tok/s, turnaround p50 {_turnaround(row):>5} ms | "
-            f"server: TTFT p50 {s.get('ttft_p50_ms', 0):6.2f} ms, {s.get('output_tokens_per_s', 0):7.1f} tok/s, "
-            f"decode {s.get('decode_ms_per_token_p50') or 0:5.2f} ms/token")
+TABLE_HEAD = ("| load | round | tool | TTFT p50 ms | out tok/s | turnaround p50 ms | server TTFT p50 ms | "
+              "server out tok/s | server decode ms/token |\n|---|---|---|---|---|---|---|---|---|\n")
+
+
+def table_row(r: dict) -> str:
+    """One run as a Markdown table row: the progress line while running, and the report's table."""
+    c, s = r["client"], r["server"]
+    return (f"| {r['load']} | {r['round']} | {r['tool']} | {c['ttft_p50_ms']:.2f} | {c['output_tokens_per_s']:.1f} | "
+            f"{_turnaround(r)} | {s.get('ttft_p50_ms', 0):.2f} | {s.get('output_tokens_per_s', 0):.1f} | "
+            f"{s.get('decode_ms_per_token_p50') or 0:.2f} |\n")
 
 
 def markdown(result: dict) -> str:
-    head = ("| load | round | tool | TTFT p50 ms | out tok/s | turnaround p50 ms | server TTFT p50 ms | "
-            "server out tok/s | server decode ms/token |\n|---|---|---|---|---|---|---|---|---|\n")
-    body = "".join(
-        f"| {r['load']} | {r['round']} | {r['tool']} | {r['client']['ttft_p50_ms']:.2f} | "
-        f"{r['client']['output_tokens_per_s']:.1f} | {_turnaround(r)} | "
-        f"{r['server'].get('ttft_p50_ms', 0):.2f} | {r['server'].get('output_tokens_per_s', 0):.1f} | "
-        f"{r['server'].get('decode_ms_per_token_p50') or 0:.2f} |\n" for r in result["rows"])
+    body = "".join(table_row(r) for r in result["rows"])
     diffs = "".join(
         f"- {a['load']} round {a['round']}: TTFT p50 {100 * a.get('client_ttft_p50_ms_diff', 0):.1f}% apart, "
         f"output tok/s {100 * a.get('client_output_tokens_per_s_diff', 0):.1f}% apart (server's view of the two "
@@ -252,7 +251,7 @@ def markdown(result: dict) -> str:
         f"{100 * a.get('server_output_tokens_per_s_diff', 0):.1f}%)\n" for a in result["agreement"])
     return (f"# trtbuild bench vs AIPerf\n\nEngine `{result['engine']}`, {result['input_len']} -> "
             f"{result['output_len']} tokens, {result['num_requests']} requests a run; server on CPUs "
-            f"{result['server_cpus']}, clients on {result['client_cpus']}.\n\n{head}{body}\n{diffs}")
+            f"{result['server_cpus']}, clients on {result['client_cpus']}.\n\n{TABLE_HEAD}{body}\n{diffs}")
 
 
 def main() -> None:
