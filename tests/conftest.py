@@ -6,12 +6,50 @@ cache hits); CI leaves it unset and builds everything from scratch in a temporar
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from trtbuild.workspace import Workspace
+# The caller's shell must not reach the suite: an air-gapped cluster's HF_HUB_OFFLINE=1, a mirror's
+# HF_ENDPOINT, a stale HF_TOKEN or a TRTBUILD_WORKSPACE would otherwise change what the code under test
+# does. This runs before any test module imports huggingface_hub, which reads its variables once, at
+# import. Tests that need a variable set it themselves (monkeypatch.setenv).
+KEPT = {"TRTBUILD_TEST_WORKSPACE"}  # the suite's own opt-in (see above)
+CALLER_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TRTBUILD_")
+
+
+def isolate_environment() -> Path:
+    for name in list(os.environ):
+        if name.startswith(CALLER_PREFIXES) and name not in KEPT:
+            del os.environ[name]
+    home = Path(tempfile.mkdtemp(prefix="trtbuild-tests-home-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    os.environ.update({
+        "HOME": str(home),  # no stored hub token, no user config
+        "XDG_CACHE_HOME": str(home / ".cache"),  # the default workspace lives here, never in the user's
+        "HF_HOME": str(home / "hf"),
+        "HF_ENDPOINT": "http://127.0.0.1:9",  # the discard port: a test that forgets its local hub fails fast
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    })
+    return home
+
+
+TEST_HOME = isolate_environment()
+
+from trtbuild.workspace import Workspace  # noqa: E402  (after the environment is settled)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def neutral_working_directory(tmp_path_factory):
+    """Run every test from an empty directory: nothing may depend on where pytest was started."""
+    previous = Path.cwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
 
 
 @pytest.fixture(scope="session")

@@ -85,8 +85,10 @@ def test_online_known_timings_multi_token_chunks_and_failures(ws):
     assert all(r.chunk_tokens == [2, 2, 2, 2] and r.output_tokens == 8 and r.token_source == "usage" for r in ok)
     assert all(r.prompt_tokens_usage == 24 for r in ok)  # the server re-encoded our text to the exact length
     lat = s.latency_ms
-    assert lat["ttft"]["n"] == 16 and 20 <= lat["ttft"]["p50"] < 60
-    assert 10 <= lat["itl_chunk"]["p50"] < 30
+    # The server sleeps 20 ms, then 10 ms per chunk: those are floors. The ceilings only catch a wrong
+    # chunk or unit (the last chunk comes >= 50 ms after the send): a busy CI box adds scheduling delay.
+    assert lat["ttft"]["n"] == 16 and 20 <= lat["ttft"]["p50"] < lat["e2e"]["p50"] - 20
+    assert 10 <= lat["itl_chunk"]["p50"] < 100
     assert lat["itl_token"]["n"] == 16 * 7  # 1 zero gap inside chunk 1, then 3 gaps x 2 tokens
     # per-token gaps are half the chunk gaps; mean ITL/token equals mean TPOT request by request
     assert lat["tpot"]["mean"] == pytest.approx(lat["itl_token"]["mean"], rel=1e-6)
@@ -109,9 +111,11 @@ def test_chat_known_timings_ignore_the_role_chunk(ws):
     for r in result.records:
         assert r.chunk_tokens == [2, 2, 2, 2] and r.output_tokens == 8 and r.finish_reason == "length"
         assert r.input_tokens == 24 and r.prompt_tokens_usage == 24  # the templated prompt, as the server counts
-        assert r.chunk_ns[0] - r.first_byte_ns >= 15e6  # the first byte was the role chunk, ~20 ms earlier
-    assert 20 <= s.latency_ms["ttft"]["p50"] < 60
-    assert 10 <= s.latency_ms["itl_chunk"]["p50"] < 30 and s.latency_ms["itl_token"]["n"] == 6 * 7
+        # The first byte was the role chunk, written 20 ms before the first content; a client on a busy box
+        # may read both late, so only the order is certain.
+        assert r.first_byte_ns < r.chunk_ns[0]
+    assert 20 <= s.latency_ms["ttft"]["p50"] < s.latency_ms["e2e"]["p50"] - 20  # floors and order, as above
+    assert 10 <= s.latency_ms["itl_chunk"]["p50"] < 100 and s.latency_ms["itl_token"]["n"] == 6 * 7
     assert load_run(result.path).summary == s
 
 

@@ -60,6 +60,8 @@ def hub(monkeypatch, tmp_path):
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        # huggingface_hub read HF_HUB_OFFLINE once, at import: whatever the shell said then, go online.
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         # No token stored by a developer's `huggingface-cli login` may leak into "anonymous" requests.
         monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
         monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))

@@ -95,7 +95,6 @@ def test_scales_are_calibrated_maxima_over_448(quantized, tiny_model):
 def test_second_call_is_a_cache_hit(quantized, workspace, tiny_model):
     again = quantize_fp8(workspace, tiny_model, CALIB, kv_cache_fp8=quantized.kv_cache_fp8, progress=False)
     assert again.cache_hit and (again.path, again.key) == (quantized.path, quantized.key)
-    assert again.seconds < 1.0
     assert again.calibration == quantized.calibration and again.calibration["tokens"] > 0
 
 

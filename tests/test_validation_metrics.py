@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -39,6 +40,30 @@ def test_token_agreement_is_positionwise_over_the_reference():
 
 
 # --- teacher-forced -----------------------------------------------------------------------------
+
+def test_a_divergence_at_a_near_tie_counts_as_agreement():
+    from trtbuild.validation.result import PromptResult, aggregate
+
+    reference = np.log(np.array([[0.9, 0.05, 0.05], [0.5, 0.49, 0.01], [0.1, 0.1, 0.8]]))
+    assert M.divergence_margin(reference, [0, 0, 2], [0, 1, 2], at=1) == pytest.approx(np.log(0.5 / 0.49))
+    assert M.divergence_margin(reference, [0, 0, 2], [0, 0, 2], at=None) is None
+    assert M.divergence_margin(reference, [0, 0, 2], [0], at=1) is None  # the engine stopped there
+
+    def prompt(engine, margin):
+        ref = [0, 0, 2, 2]
+        at = M.first_divergence(engine, ref)
+        return PromptResult("p", "chat", "en", 3, "sha", 4, ref, engine, "", "", engine == ref, at,
+                            M.matching_tokens(engine, ref), M.token_agreement(engine, ref), 1.0,
+                            divergence_margin=margin)
+
+    tie = prompt([0, 1, 1, 1], margin=0.02)  # 0.02 nats: the reference's own choice was a coin toss
+    real = prompt([0, 1, 1, 1], margin=2.0)
+    assert tie.near_tie and not real.near_tie
+    assert aggregate([tie], []).token_agreement == 1.0
+    assert aggregate([real], []).token_agreement == 0.25  # one of four, as before
+    assert aggregate([tie, real], []).token_agreement == pytest.approx(5 / 8)
+    assert PromptResult.from_dict(json.loads(json.dumps(dataclasses.asdict(tie)))).near_tie
+
 
 def test_kl_of_identical_distributions_is_zero_and_known_values():
     rows = log_softmax(np.random.default_rng(0).normal(size=(5, 100)))

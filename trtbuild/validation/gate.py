@@ -70,8 +70,10 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "fp8": Thresholds(min_token_agreement=0.25, min_top1=0.9, max_mean_kl=0.01, max_kl=0.5,
                       max_mean_logprob_diff=0.1, min_rouge_l=0.4, max_rouge1_drop=2.0),
     # The FP8 KV cache rounds every cached key and value as well: on the bundled set it roughly triples
-    # the mean KL (0.004-0.014 nats measured on four builds of the tiny model), still below damage + KV.
-    "fp8-kv8": Thresholds(min_token_agreement=0.25, min_top1=0.9, max_mean_kl=0.025, max_kl=0.5,
+    # the mean KL. The tiny model trains to other weights on another CPU, and its KV sensitivity varies:
+    # mean KL 0.004-0.014 on four builds on one CPU model, 0.022 (worst position 0.52) on another. The
+    # limits sit above that spread and below damage + KV (the mildest damage alone adds ~0.02).
+    "fp8-kv8": Thresholds(min_token_agreement=0.25, min_top1=0.9, max_mean_kl=0.035, max_kl=1.0,
                           max_mean_logprob_diff=0.1, min_rouge_l=0.4, max_rouge1_drop=2.0),
 }
 

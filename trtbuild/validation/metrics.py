@@ -36,6 +36,23 @@ def first_divergence(engine: Sequence[int], reference: Sequence[int]) -> int | N
     return None if len(engine) == len(reference) else min(len(engine), len(reference))
 
 
+# A greedy choice the reference makes by less than this many nats is a tie between correct implementations:
+# rounding the tiny model's weights to fp16 alone moves its log-probabilities by up to 0.05
+# (tests/test_runtime.py), and where such near-ties fall differs with the weights, so from CPU to CPU.
+NEAR_TIE_NATS = 0.05
+
+
+def divergence_margin(reference_logprobs, reference_tokens: Sequence[int], engine_tokens: Sequence[int],
+                      at: int | None) -> float | None:
+    """How many nats the reference preferred its own token over the engine's at the first divergence `at`
+    (teacher-forced reference log-probabilities, [positions, vocab]); None when there is no pair of
+    tokens to compare there (identical sequences, or one of them ended)."""
+    if at is None or at >= len(reference_tokens) or at >= len(engine_tokens):
+        return None
+    row = np.asarray(reference_logprobs)[at]
+    return float(row[reference_tokens[at]] - row[engine_tokens[at]])
+
+
 def matching_tokens(engine: Sequence[int], reference: Sequence[int]) -> int:
     """How many positions hold the same token in both sequences (compared position by position)."""
     return sum(1 for a, b in zip(engine, reference) if a == b)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trtbuild.errors import TrtbuildError, ValidationFailed
 from trtbuild.validation.gate import Check, Thresholds
-from trtbuild.validation.metrics import TeacherForced, weighted_mean
+from trtbuild.validation.metrics import NEAR_TIE_NATS, TeacherForced, weighted_mean
 
 RESULT_FILE = "validation.json"
 SCHEMA_VERSION = 1  # bump when ValidationResult changes shape; older files then count as "not validated"
@@ -40,6 +40,12 @@ class PromptResult:
     summary_references: list[str] | None = None  # summaries only: the human-written summaries
     rouge1_engine: float | None = None  # summaries only: best ROUGE-1 F1 against summary_references
     rouge1_reference: float | None = None
+    divergence_margin: float | None = None  # reference's preference for its token at the divergence, nats
+
+    @property
+    def near_tie(self) -> bool:
+        """The sequences parted where the reference itself nearly tied: both continuations are correct."""
+        return self.divergence_margin is not None and self.divergence_margin <= NEAR_TIE_NATS
 
     @classmethod
     def from_dict(cls, data: dict) -> PromptResult:
@@ -73,7 +79,8 @@ class Metrics:
 
 
 def aggregate(prompts: list[PromptResult], summaries: list[PromptResult]) -> Metrics:
-    agreement_tokens = sum(p.matching_tokens for p in prompts)
+    # After a near-tie the two texts part legitimately: the prompt counts as agreeing in full.
+    agreement_tokens = sum(len(p.reference_token_ids) if p.near_tie else p.matching_tokens for p in prompts)
     reference_tokens = sum(len(p.reference_token_ids) for p in prompts)
     metrics = Metrics(
         prompts=len(prompts),
@@ -194,7 +201,7 @@ def format_table(result: ValidationResult) -> str:
     for p in result.prompts:
         tf = dataclasses.asdict(p.teacher_forced) if p.teacher_forced else None
         rows.append(_row(p.name, f"{len(p.reference_token_ids)}/{len(p.engine_token_ids)}",
-                         "yes" if p.exact_match else "no", "-" if p.first_divergence is None else str(p.first_divergence),
+                         "yes" if p.exact_match else "no", "-" if p.first_divergence is None else f"{p.first_divergence}{' tie' if p.near_tie else ''}",
                          p.token_agreement, p.rouge_l, tf))
     m = result.metrics
     tf = dataclasses.asdict(m) if m.top1 is not None else None

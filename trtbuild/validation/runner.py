@@ -22,7 +22,8 @@ from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, canonical_hash, library_versions, load_manifest
 from trtbuild.runtime.interface import Engine, GenerationResult, SamplingParams
 from trtbuild.validation.gate import precision_keys, resolve_thresholds, run_checks, split_threshold_arg
-from trtbuild.validation.metrics import first_divergence, matching_tokens, rouge1, rouge_l, teacher_forced
+from trtbuild.validation.metrics import (divergence_margin, first_divergence, matching_tokens, rouge1, rouge_l,
+                                         teacher_forced)
 from trtbuild.validation.prompts import Prompt, load_articles, load_prompts, prompt_hash, summary_prompts
 from trtbuild.validation.result import RESULT_FILE, PromptResult, ValidationResult, aggregate
 from trtbuild.workspace import Workspace, atomic_write_json
@@ -244,7 +245,10 @@ def score_all(engine: Engine, ref: Reference, work: list[tuple], results: list[P
             for r in results:
                 r.teacher_forced = None
             return False
-        result.teacher_forced = teacher_forced(ref.score(ids, tokens), engine_scores, tokens)
+        reference_scores = ref.score(ids, tokens)
+        result.teacher_forced = teacher_forced(reference_scores, engine_scores, tokens)
+        result.divergence_margin = divergence_margin(reference_scores, tokens, result.engine_token_ids,
+                                                     result.first_divergence)
     return True
 
 
