@@ -394,8 +394,9 @@ def _capabilities(facts: Facts, checks: list[Check], trtllm_ok: bool) -> DoctorR
         cannot.append({"what": "FP8 TensorRT engines", "why": ok["gpu"].found, "fix": ok["gpu"].fix})
     else:
         cannot.append({"what": "tensorrt-llm backend (TensorRT engines)",
-                       "why": "; ".join(f"{c.name}: {c.found}" for c in trt_needs),
-                       "fix": " | ".join(c.fix for c in trt_needs)})
+                       "why": "missing " + ", ".join(c.name for c in trt_needs) + " (see those rows)",
+                       "fix": trt_needs[0].fix if len(trt_needs) == 1 else
+                       f"on an H100/H200 with driver R{MIN_DRIVER}+, run trtbuild in {CONTAINER}"})
     if ok["hub"].ok and ok["token"].ok:
         can.append("fetch mistralai/Mistral-7B-Instruct-v0.3 from the hub")
     else:

@@ -33,6 +33,7 @@ class SmokeRow:
     bench: str = "not run"
     ok: bool = False
     errors: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
 
 
 @dataclass
@@ -95,21 +96,26 @@ def run_smoke(ws, backend: str, progress: bool = False, echo: Callable[[str], No
         row = SmokeRow(variant, backend)
         rows.append(row)
         echo(f"[{variant}] compile ({backend}) ...")
+        clock = time.perf_counter()
         try:
             built = compile_engine(ws, profile.variant(variant), source, backend=backend, progress=progress)
         except Exception as exc:  # a failed stage is a row in the table, not a traceback
             row.build, row.errors = "FAILED", [f"compile: {_short(exc)}"]
             continue
+        finally:
+            row.seconds["build"] = round(time.perf_counter() - clock, 2)
         engine_dir = built.engine_dir
         row.engine = engine_dir.name
         row.build = "cache hit" if built.cache_hit else f"built {built.seconds:.0f} s"
         for stage, step in (("validate", _validate), ("serve", _serve), ("bench", _bench)):
             echo(f"[{variant}] {stage} ...")
+            clock = time.perf_counter()
             try:
                 setattr(row, stage, step(ws, engine_dir, profile, out, progress))
             except Exception as exc:
                 setattr(row, stage, "FAILED")
                 row.errors.append(f"{stage}: {_short(exc)}")
+            row.seconds[stage] = round(time.perf_counter() - clock, 2)
         row.ok = not row.errors and row.validate.startswith("pass")
     result = SmokeResult(backend, label_for(backend), rows, round(time.perf_counter() - start, 1))
     result.path = str(atomic_write_json(out / "smoke.json", result.to_dict()))
