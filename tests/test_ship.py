@@ -98,7 +98,7 @@ def trtbuild_calls(script: str) -> list[list[str]]:
         line = re.sub(r"\s#.*$", "", line)
         tokens = line.split()
         for i, token in enumerate(tokens):
-            is_cli = token in ("trtbuild", "$(trtbuild")
+            is_cli = token == "trtbuild" or token.endswith("$(trtbuild")
             is_image = token.startswith("trtbuild:") and tokens[:2] == ["docker", "run"]
             if not (is_cli or is_image):
                 continue
@@ -290,3 +290,32 @@ def test_readme_fetches_the_revision_the_profile_pins():
     fetch = next(c for c in trtbuild_calls(readme_h100()) if c[0] == "fetch")
     assert fetch[1:] == [profile.model.id, "--revision", profile.model.revision]
     assert "docker build -f docker/Dockerfile -t trtbuild:trtllm-1.2.1 ." in readme_h100()
+
+
+# --- the engine key the workflow caches by ----------------------------------------------------------
+
+def test_print_key_names_the_engines_compile_makes_without_building(workspace, engine_dirs, tiny_model, capsys,
+                                                                    tmp_path):
+    from tests.helpers import trtbuild
+    from trtbuild.manifest import load_manifest
+    from trtbuild.workspace import Workspace
+
+    code, out, err = trtbuild(capsys, workspace, "compile", "--print-key", "--backend", "torch", "--json")
+    assert code == 0, err
+    engines = json.loads(out)["engines"]
+    assert {v: Path(e["engine_dir"]) for v, e in engines.items()} == engine_dirs
+    assert all(e["built"] and load_manifest(e["engine_dir"]).key == e["key"] for e in engines.values())
+
+    fresh = Workspace(tmp_path / "ws")  # nothing built there yet; the tiny model as a local checkpoint
+    argv = ["compile", "--backend", "torch", "--variant", "fp16", "--model", str(tiny_model.path)]
+    code, out, err = trtbuild(capsys, fresh, *argv, "--print-key")
+    assert code == 0, err
+    variant, key, path = out.split()
+    assert variant == "fp16" and len(key) == 64 and not Path(path).exists()
+    assert not fresh.engines_dir.exists()  # printing the key built nothing
+    code, out, err = trtbuild(capsys, fresh, *argv, "--json")
+    assert code == 0, err
+    built = json.loads(out)["engines"][0]
+    assert built["engine_dir"] == path and load_manifest(path).key == key
+    code, out, err = trtbuild(capsys, fresh, *argv, "--print-key", "--json")
+    assert json.loads(out)["engines"]["fp16"] == {"key": key, "engine_dir": path, "built": True}
