@@ -166,8 +166,9 @@ def probe_gpu(facts: Facts) -> None:
         why.append(f"nvidia-smi did not answer in {SMI_TIMEOUT_S:.0f} s")
         facts.gpu_error = "; ".join(why)
         return
-    if out.returncode != 0:
-        why.append(f"nvidia-smi: {(out.stderr or out.stdout).strip().splitlines()[0][:160] if (out.stderr or out.stdout).strip() else f'exit {out.returncode}'}")
+    if out.returncode != 0:  # e.g. "couldn't communicate with the NVIDIA driver"
+        said = (out.stderr or out.stdout).strip().splitlines()
+        why.append(f"nvidia-smi: {said[0][:160] if said else f'exit {out.returncode}'}")
         facts.gpu_error = "; ".join(why)
         return
     for line in out.stdout.strip().splitlines():
@@ -301,7 +302,7 @@ def _gb(n: int | None) -> str:
 
 def assess(facts: Facts) -> DoctorReport:
     from trtbuild.errors import TrtbuildError
-    from trtbuild.trtllm_backend import INSTALL_HINT, check_version
+    from trtbuild.trtllm_backend import INSTALL_HINT, SUPPORTED_MAJOR_MINOR, check_version
 
     checks = []
     gpu = max(facts.gpus, key=_sm) if facts.gpus else None
@@ -336,16 +337,15 @@ def assess(facts: Facts) -> DoctorReport:
         build = f"CUDA {facts.torch_cuda} build" if facts.torch_cuda else "CPU build"
         usable = "CUDA available" if facts.torch_cuda_available else "no CUDA device"
         checks.append(Check("torch", True, f"{facts.torch} ({build}, {usable})"))
+    supported = f"{SUPPORTED_MAJOR_MINOR}.x"
     try:
         check_version(facts.trtllm)
-        trtllm_ok = True
-        checks.append(Check("tensorrt_llm", True, f"{facts.trtllm} (supported: 1.2.x)"))
+        checks.append(Check("tensorrt_llm", True, f"{facts.trtllm} (supported: {supported})"))
     except TrtbuildError as exc:
-        trtllm_ok = False
-        found = "not installed" if facts.trtllm is None else f"{facts.trtllm}, outside the supported 1.2.x"
+        found = "not installed" if facts.trtllm is None else f"{facts.trtllm}, outside the supported {supported}"
         fix = (f"use {CONTAINER}, or {INSTALL_HINT}" if facts.trtllm is None else
-               f"install tensorrt_llm 1.2.x (pip install --extra-index-url https://pypi.nvidia.com "
-               f"'tensorrt_llm>=1.2,<1.3') or use {CONTAINER}: {str(exc).split(':')[0]}")
+               f"{str(exc).split(':')[0]}: install it (pip install --extra-index-url https://pypi.nvidia.com "
+               f"'tensorrt_llm>={SUPPORTED_MAJOR_MINOR},<1.3') or use {CONTAINER}")
         checks.append(Check("tensorrt_llm", False, found, fix))
     mpi_ok = facts.mpi4py is not None
     checks.append(Check("mpi", mpi_ok, f"mpi4py {facts.mpi4py or 'missing'}, libmpi {facts.libmpi or 'missing'}",
@@ -372,11 +372,11 @@ def assess(facts: Facts) -> DoctorReport:
     checks.append(Check("token", token_ok, token_found, "" if token_ok else
                         "Mistral-7B-Instruct-v0.3 is gated: accept its terms on the hub, then set HF_TOKEN to a "
                         "token of that account (https://huggingface.co/settings/tokens)"))
-    return _capabilities(facts, checks, trtllm_ok)
+    return _capabilities(facts, checks)
 
 
-def _capabilities(facts: Facts, checks: list[Check], trtllm_ok: bool) -> DoctorReport:
-    ok = {c.name: c for c in checks}
+def _capabilities(facts: Facts, checks: list[Check]) -> DoctorReport:
+    ok = {c.name: c for c in checks}  # name -> its Check
     can, cannot, backends = [], [], []
     if ok["torch"].ok:
         backends.append("torch")
