@@ -117,8 +117,9 @@ def run_smoke(ws, backend: str, progress: bool = False, echo: Callable[[str], No
                 row.errors.append(f"{stage}: {_short(exc)}")
             row.seconds[stage] = round(time.perf_counter() - clock, 2)
         row.ok = not row.errors and row.validate.startswith("pass")
-    result = SmokeResult(backend, label_for(backend), rows, round(time.perf_counter() - start, 1))
-    result.path = str(atomic_write_json(out / "smoke.json", result.to_dict()))
+    result = SmokeResult(backend, label_for(backend), rows, round(time.perf_counter() - start, 1),
+                         path=str(out / "smoke.json"))
+    atomic_write_json(result.path, result.to_dict())
     return result
 
 
