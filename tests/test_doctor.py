@@ -226,6 +226,13 @@ def test_smoke_refuses_without_trtllm_in_one_line(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "engines").exists()  # refused before building anything
 
 
+def test_smoke_refuses_fp8_engines_below_sm_8_9(tmp_path, monkeypatch, capsys):
+    fake_probes(monkeypatch, hopper(gpus=[{"name": "NVIDIA A100-SXM4-80GB", "sm": "8.0", "memory_bytes": 85 * 10**9}]))
+    code, out, err = trtbuild(capsys, Workspace(tmp_path), "doctor", "--smoke")
+    assert code == 1 and err.count("\n") == 1 and "need SM 8.9+ (Hopper is SM 9.0)" in err
+    assert not (tmp_path / "engines").exists()
+
+
 @pytest.mark.slow
 def test_smoke_on_the_torch_backend_end_to_end(workspace, engine_dirs, capsys):
     code, out, err = trtbuild(capsys, workspace, "doctor", "--smoke", "--backend", "torch", "--json")
