@@ -29,6 +29,7 @@ COMMANDS = {
     "report": ("trtbuild.commands.bench", "report_cmd", "Markdown + HTML report with plots; pick an engine."),
     "serve": ("trtbuild.commands.serve", "serve_cmd", "OpenAI-compatible server for an engine."),
     "engines": ("trtbuild.commands.build", "engines_cmd", "List the engines in the workspace."),
+    "doctor": ("trtbuild.commands.doctor", "doctor_cmd", "What this machine can do (GPU, TensorRT-LLM, disk, hub); --smoke."),
 }
 
 

@@ -126,6 +126,17 @@ def compile_profile(ws, profile, variant: str = "all", backend: str = "auto", fo
             for s in selected]
 
 
+def engine_keys(ws, profile, variant: str = "all", backend: str = "auto", model: str | None = None,
+                progress: bool = True) -> dict[str, str]:
+    """variant -> the engine key `compile` would build or reuse (ws.engine_dir(variant, key) is its directory),
+    without building: for CI caches keyed by engine key. Needs the source checkpoint (fetched or created),
+    since its file hashes are part of the key."""
+    backend = resolve_backend(backend)
+    source = profile_source(ws, profile, model, progress)
+    versions, gpu = library_versions(), gpu_info() if backend == "tensorrt-llm" else None
+    return {s.variant: key_for(s, source, backend, versions, gpu) for s in profile.select(variant)}
+
+
 def profile_source(ws, profile, model: str | None = None, progress: bool = True):
     """The profile's model at its pinned revision, or `model` (a --model override) as given."""
     from trtbuild.models import resolve_source

@@ -85,9 +85,11 @@ def quantize_cmd(ws, model, profile_spec, variant, calib_dataset, calib_size, ca
 @backend_option
 @model_option
 @click.option("--force", is_flag=True, help="Rebuild even when the workspace has this engine.")
+@click.option("--print-key", is_flag=True,
+              help="Build nothing: print each variant's engine key and directory (a CI cache key).")
 @json_option
 @click.pass_obj
-def compile_cmd(ws, profile_spec, variant, backend, model, force, as_json):
+def compile_cmd(ws, profile_spec, variant, backend, model, force, print_key, as_json):
     """Build engines for the profile's variants (fp16, fp8, fp8-kv8).
 
     An engine is keyed by its build settings, source checkpoint, backend, library versions and GPU:
@@ -98,6 +100,15 @@ def compile_cmd(ws, profile_spec, variant, backend, model, force, as_json):
     from trtbuild.compile import compile_profile
     from trtbuild.config import load_profile
 
+    if print_key:
+        from trtbuild.compile import engine_keys
+
+        keys = engine_keys(ws, load_profile(profile_spec), variant, backend, model, progress=not as_json)
+        dirs = {v: ws.engine_dir(v, key) for v, key in keys.items()}
+        emit({"engines": {v: {"key": keys[v], "engine_dir": str(d), "built": (d / "manifest.json").is_file()}
+                          for v, d in dirs.items()}},
+             "\n".join(f"{v} {keys[v]} {d}" for v, d in dirs.items()), as_json)
+        return
     results = compile_profile(ws, load_profile(profile_spec), variant=variant, backend=backend, force=force,
                               progress=not as_json, model=model)
     for result in results:
