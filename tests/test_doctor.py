@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import trtbuild
+from helpers import trtbuild
 from trtbuild import doctor
 from trtbuild.doctor import DoctorReport, Facts, assess, diagnose
 from trtbuild.workspace import Workspace

@@ -296,7 +296,7 @@ def test_readme_fetches_the_revision_the_profile_pins():
 
 def test_print_key_names_the_engines_compile_makes_without_building(workspace, engine_dirs, tiny_model, capsys,
                                                                     tmp_path):
-    from tests.helpers import trtbuild
+    from helpers import trtbuild
     from trtbuild.manifest import load_manifest
     from trtbuild.workspace import Workspace
 
