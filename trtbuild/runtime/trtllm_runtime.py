@@ -238,10 +238,16 @@ class TrtllmEngine(Engine):
                 if stream.finished:  # a stop string or a cancel: stop TensorRT-LLM's work too (at max_tokens
                     abort_if_running(output)  # TensorRT-LLM has finished the request itself: no abort)
                     break
-            if not stream.finished:  # TensorRT-LLM ended it without a token we saw (end_id is not returned)
+            if not stream.finished:  # TensorRT-LLM ended it without a token we saw
                 reason = getattr(completion, "finish_reason", None)
-                stream.stop_reason = getattr(completion, "stop_reason", None)
-                stream.finish(FINISH_REASONS.get(reason, "stop"))
+                stop_reason = getattr(completion, "stop_reason", None)
+                if reason == "stop" and stop_reason is None and not stream.params.ignore_eos:
+                    # It stopped at end_id, which it does not return: emit it as the other backends do
+                    # (same token_ids and usage on every backend; validation compares them token by token).
+                    stream.emit_token(self.tokenizer.eos_id)
+                else:
+                    stream.stop_reason = stop_reason
+                    stream.finish(FINISH_REASONS.get(reason, "stop"))
         except Exception as exc:  # TensorRT-LLM raises RequestError and friends per request
             abort_if_running(output)
             stream.finish("error", error=f"{type(exc).__name__}: {exc}")

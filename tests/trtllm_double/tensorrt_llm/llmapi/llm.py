@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class _TrtLLM:
             raise AssertionError("KvCacheConfig.dtype is not supported by the TensorRT backend.")
         self._workspace = tempfile.TemporaryDirectory(suffix="-llm-workspace", dir=kwargs.get("workspace"))
         EVENTS.append(("workspace", self._workspace.name))
-        print(f"[trtllm-double] workspace {self._workspace.name}", flush=True)
+        print(f"[trtllm-double] workspace {self._workspace.name}", file=sys.stderr, flush=True)
         self._executor = None
         model = Path(model)
         if _is_engine_dir(model):
@@ -62,7 +63,7 @@ class _TrtLLM:
         self._max_seq_len = config["build_config"]["max_seq_len"]
         EVENTS.append(("executor_start", kv.to_dict()))
         print(f"[trtllm-double] executor started, KvCacheConfig {json.dumps(kv.to_dict(), sort_keys=True)}",
-              flush=True)
+              file=sys.stderr, flush=True)
         self._executor = Worker(lambda: _load_model(self._engine_dir, config),
                                 self.args["build_config"].gather_context_logits)
 
@@ -76,14 +77,14 @@ class _TrtLLM:
         weights = {}
         for f in sorted(hf_dir.glob("model*.safetensors")):
             weights.update(load_file(str(f)))
-        print(f"[trtllm-double] loaded Hugging Face checkpoint {hf_dir}", flush=True)
+        print(f"[trtllm-double] loaded Hugging Face checkpoint {hf_dir}", file=sys.stderr, flush=True)
         quant_algo = kv_algo = None
         if quant is not None and quant.quant_algo is not None:
             quant_algo = quant.quant_algo.value
             kv_algo = quant.kv_cache_quant_algo.value if quant.kv_cache_quant_algo else None
             texts = get_calib_dataloader(calib.calib_dataset if calib else "cnn_dailymail",
                                          calib.calib_batches if calib else 512)
-            print(f"[trtllm-double] calibrated on {len(texts)} samples of {calib.calib_dataset}", flush=True)
+            print(f"[trtllm-double] calibrated on {len(texts)} samples of {calib.calib_dataset}", file=sys.stderr, flush=True)
             (Path(self._workspace.name) / "quantized-checkpoint").mkdir()
         pretrained = _pretrained_config(hf, dtype, quant_algo, kv_algo)
         effective = apply_build_rules(pretrained, build)
@@ -95,7 +96,7 @@ class _TrtLLM:
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):  # ModelLoader.save
             if (hf_dir / name).is_file():
                 shutil.copy2(hf_dir / name, engine_dir / name)
-        print(f"[trtllm-double] built {engine_dir} (a test double, not a TensorRT engine)", flush=True)
+        print(f"[trtllm-double] built {engine_dir} (a test double, not a TensorRT engine)", file=sys.stderr, flush=True)
         return engine_dir
 
     # --- the LLM API -----------------------------------------------------------------------------------
