@@ -161,6 +161,28 @@ def test_runtime_close_waits_for_aborts_before_shutdown(double_module, fp16, tok
     assert kinds == ["abort", "abort", "abort", "shutdown"], kinds  # every abort reached a live executor first
 
 
+def test_runtime_cancel_aborts_the_tensorrt_llm_request(double_module, fp16, tokenizer):
+    from tensorrt_llm.executor import EVENTS
+
+    with load_engine(fp16) as engine:
+        EVENTS.clear()
+        stream = engine.submit(tokenizer.encode("Once upon a time"),
+                               SamplingParams(max_tokens=300, temperature=0, ignore_eos=True))
+        for event in stream:
+            if event.index == 2:
+                break
+        stream.cancel()
+        result = stream.result(10)
+        assert result.finish_reason == "abort" and len(result.token_ids) < 300
+        deadline = time.monotonic() + 10
+        while not events("abort") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(events("abort")) == 1
+        with pytest.raises(ValueError, match="gather_generation_logits = true"):
+            engine.submit([1, 5], SamplingParams(logprobs=True))
+    assert events("abort_finished") == []
+
+
 def test_runtime_request_checks_mirror_tensorrt_llm(double_module, fp16, tokenizer):
     """prompt + max_tokens <= max_seq_len (llm.py _check_arguments): the adapter clamps max_tokens."""
     from tensorrt_llm import SamplingParams as TrtSamplingParams
