@@ -24,7 +24,7 @@ from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import artifact_hashes, load_manifest
 from trtbuild.runtime import SamplingParams, load_engine
 from trtbuild.trtllm_config import build_config, quant_config
-from trtbuild.trtllm_effective import predicted_effective
+from trtbuild.trtllm_effective import engine_can_score, predicted_effective
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -61,6 +61,7 @@ def test_build_records_effective_settings_as_predicted(double_engines):
             for name, value in predicted[section].items():
                 assert effective[section][name] == value, (variant, section, name)
         assert effective["build_config"]["gather_context_logits"] is True  # every engine can be scored
+        assert engine_can_score(result.engine_dir) == (True, "built with gather_context_logits")
         assert sorted(p.name for p in (result.engine_dir / "engine").glob("rank*.engine")) == ["rank0.engine"]
 
 
@@ -263,6 +264,7 @@ def test_validate_unscoreable_engine_is_not_validated(double_module, double_ws, 
     manifest = load_manifest(old)
     manifest.artifacts = artifact_hashes(old)
     manifest.save(old)
+    assert engine_can_score(old)[0] is False  # what `trtbuild doctor` can ask without loading anything
     args = ["validate", str(old), "--prompts", str(small_prompts), "--max-tokens", "12"]
     code, out, err = trtbuild(capsys, double_ws, *args)
     assert code == 5 and "verdict: NOT VALIDATED" in out

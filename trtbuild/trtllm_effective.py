@@ -146,3 +146,14 @@ def can_score(effective: dict | None) -> tuple[bool, str]:
         return False, ("the engine was built without gather_context_logits, so TensorRT-LLM returns no context "
                        "logits; rebuild it with `trtbuild compile --force`")
     return True, "built with gather_context_logits"
+
+
+def engine_can_score(engine_dir: str | Path) -> tuple[bool, str]:
+    """(can `trtbuild validate` compute the teacher-forced metrics of this engine?, why), from the engine
+    directory alone (no GPU, no tensorrt_llm): torch engines always; TensorRT-LLM engines per their config.json."""
+    from trtbuild.manifest import load_manifest
+
+    manifest = load_manifest(engine_dir)
+    if manifest.backend != "tensorrt-llm":
+        return True, f"{manifest.backend} engines are scored by trtbuild's own runtime"
+    return can_score(effective_settings(read_engine_config(Path(engine_dir) / "engine")))
