@@ -76,3 +76,12 @@ def test_double_llm_refuses_fork_only_and_unknown_keywords(trtllm_double, tmp_pa
         KvCacheConfig(use_kv_cache_manager_v2=True)  # StrictBaseModel: not a 1.2.0 field
     with pytest.raises(Exception):
         KvCacheConfig(free_gpu_memory_fraction=1.5)
+
+
+def test_the_double_is_never_used_outside_tests():
+    root = Path(__file__).resolve().parents[1]
+    for path in [*(root / "trtbuild").rglob("*.py"), *(root / "bench").rglob("*.py")]:
+        text = path.read_text()
+        assert "trtllm_double" not in text and "IS_TEST_DOUBLE" not in text, path
+    readme = (Path(__file__).parent / "trtllm_double" / "README.md").read_text()
+    assert "not TensorRT-LLM" in readme and "no TensorRT engine" in readme
