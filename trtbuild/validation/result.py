@@ -16,9 +16,11 @@ from trtbuild.validation.gate import Check, Thresholds, verdict
 from trtbuild.validation.metrics import TeacherForced, weighted_mean
 
 RESULT_FILE = "validation.json"
-# bump when ValidationResult changes shape; older files then count as "not validated". 2: verdicts
-# "not validated" and allow_unscored (a version-1 "pass" may hide skipped teacher-forced checks).
-SCHEMA_VERSION = 2
+# Bump when ValidationResult changes shape; older files then count as "not validated". The verdict
+# "not validated" and allow_unscored (issue 11) kept version 1: allow_unscored defaults to False, and a
+# version-1 file could only skip teacher-forced checks for a TensorRT-LLM engine, which no version-1
+# trtbuild ever ran.
+SCHEMA_VERSION = 1
 
 
 @dataclass
