@@ -18,7 +18,7 @@ from trtbuild.errors import TrtbuildError
 
 # PluginConfig's fields in 1.2 (tensorrt_llm/plugin/plugin.py@c20322ff: Pydantic, extra="ignore",
 # validate_assignment=True). Its constructor drops unknown names silently; assigning one raises (the path
-# trtbuild_backend uses). Either way a misspelt option in a profile is caught here, before any GPU work.
+# trtbuild.trtllm_backend uses). Either way a misspelt option in a profile is caught here, before any GPU work.
 PLUGIN_FIELDS = frozenset({
     "dtype", "bert_attention_plugin", "gpt_attention_plugin", "gemm_plugin", "gemm_swiglu_plugin",
     "fp8_rowwise_gemm_plugin", "qserve_gemm_plugin", "identity_plugin", "nccl_plugin", "lora_plugin",
