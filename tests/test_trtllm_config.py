@@ -1,8 +1,8 @@
 """Everything trtbuild hands TensorRT-LLM, checked name by name against the 1.2 API fixture.
 
 tests/fixtures/trtllm_1_2_api.json holds the field and flag names read from TensorRT-LLM's source
-(each section names its file and commit). PluginConfig silently ignores unknown names and the CLIs
-reject them only on a GPU machine, so these checks are the only guard against a typo here.
+(each section names its file and commit). PluginConfig's constructor silently ignores unknown names and the
+CLIs reject them only on a GPU machine, so these checks are the first guard against a typo here.
 """
 
 from __future__ import annotations
@@ -128,14 +128,15 @@ def test_h100_profile_values(tmp_path):
     fp16, fp8, kv8 = (tc.build_config(variants[v]) for v in ("fp16", "fp8", "fp8-kv8"))
     assert fp16["plugin_config"]["gemm_plugin"] == "auto"
     assert fp16["plugin_config"]["use_fp8_context_fmha"] is False
-    assert fp8["plugin_config"]["gemm_plugin"] is None and fp8["plugin_config"]["use_fp8_context_fmha"] is True
+    # FP8 context FMHA only where TensorRT-LLM keeps it: with an FP8 KV cache (builder.py build())
+    assert fp8["plugin_config"]["gemm_plugin"] is None and fp8["plugin_config"]["use_fp8_context_fmha"] is False
+    assert kv8["plugin_config"]["use_fp8_context_fmha"] is True
     for config in (fp16, fp8, kv8):
         assert config["plugin_config"]["use_paged_context_fmha"] is True
         assert config["plugin_config"]["multiple_profiles"] is True
         assert (config["max_batch_size"], config["max_input_len"], config["max_seq_len"],
                 config["max_num_tokens"]) == (128, 2048, 4096, 8192)
-    assert tc.quant_config(variants["fp8"]) == {"quant_algo": "FP8", "kv_cache_quant_algo": None,
-                                                "exclude_modules": ["lm_head"]}
+    assert tc.quant_config(variants["fp8"]) == {"quant_algo": "FP8", "kv_cache_quant_algo": None}
     assert tc.quant_config(variants["fp8-kv8"])["kv_cache_quant_algo"] == "FP8"
     assert tc.calib_config(variants["fp8"]) == {
         "device": "cuda", "calib_dataset": "cnn_dailymail", "calib_batches": 512, "calib_batch_size": 1,
@@ -150,12 +151,24 @@ def test_h100_profile_values(tmp_path):
     assert "--kv_cache_dtype" not in parse_argv(tc.quantize_py_argv(variants["fp8"], "hf", "ckpt"), 2)
 
 
-def test_builtin_calibration_maps_to_trtllm_default():
+def test_calib_config_takes_the_resolved_dataset():
     settings = load_profile("cpu-tiny").variants["fp8"]
     assert settings.calibration.dataset == "builtin"
-    assert tc.calib_config(settings)["calib_dataset"] == "cnn_dailymail"
+    assert tc.calib_config(settings)["calib_dataset"] == "builtin"  # as written, before prepare_calibration
+    assert tc.calib_config(settings, "/ws/tmp/x.trtllm/calibration-dataset")["calib_dataset"].endswith("dataset")
     with pytest.raises(TrtbuildError, match="only FP8 variants calibrate"):
         tc.calib_config(load_profile("cpu-tiny").variants["fp16"])
+
+
+def test_build_only_llm_gets_a_workspace_and_a_small_kv_cache(tmp_path):
+    settings = load_profile("h100-mistral-7b").variants["fp8"]
+    args = tc.llm_args(settings, "/hf", workspace=tmp_path / "llm-workspace", calib_dataset="/ws/calib")
+    assert args["workspace"] == str(tmp_path / "llm-workspace") and args["calib_config"]["calib_dataset"] == "/ws/calib"
+    assert set(args["kv_cache_config"]) <= fields("KvCacheConfig")
+    # one max_seq_len sequence, at most 5% of free memory, instead of 90% of it (KvCacheConfig's default)
+    assert args["kv_cache_config"] == {"free_gpu_memory_fraction": 0.05, "max_tokens": 4096,
+                                       "enable_block_reuse": False}
+    assert args["build_config"]["gather_context_logits"] is True  # every engine can be scored
 
 
 def test_profile_plugins_override_defaults_and_disable_maps_to_none():
@@ -237,7 +250,8 @@ def recording_tensorrt_llm(monkeypatch):
         "tensorrt_llm": types.SimpleNamespace(BuildConfig=BuildConfig),
         "tensorrt_llm._tensorrt_engine": types.SimpleNamespace(LLM=LLM),
         "tensorrt_llm.llmapi": types.SimpleNamespace(QuantConfig=strict("QuantConfig"), QuantAlgo=quant_algo,
-                                                     CalibConfig=strict("CalibConfig")),
+                                                     CalibConfig=strict("CalibConfig"),
+                                                     KvCacheConfig=strict("KvCacheConfig")),
     }
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
@@ -249,16 +263,19 @@ def test_adapter_builds_real_objects_from_the_dicts(recording_tensorrt_llm, tmp_
     settings = load_profile("h100-mistral-7b").variants["fp8-kv8"]
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps(settings.to_dict()))
-    assert trtllm_backend.main(["build", "--settings", str(settings_file), "--model", "/hf", "--out", "/eng"]) == 0
+    assert trtllm_backend.main(["build", "--settings", str(settings_file), "--model", "/hf", "--out", "/eng",
+                                "--workspace", "/ws/llm", "--calib-dataset", "/ws/calib"]) == 0
 
     expected = tc.build_config(settings)
     assert calls["plugins"] == expected.pop("plugin_config")
     assert calls["BuildConfig"] == [expected]
     (quant,) = calls["QuantConfig"]
     assert quant["quant_algo"] is quant_algo.FP8 and quant["kv_cache_quant_algo"] is quant_algo.FP8
-    assert calls["CalibConfig"] == [tc.calib_config(settings)]
+    assert calls["CalibConfig"] == [tc.calib_config(settings, "/ws/calib")]
+    assert calls["KvCacheConfig"] == [tc.build_kv_cache_config(settings)]
     (llm,) = calls["TrtLlmArgs"]
     assert (llm["model"], llm["dtype"], llm["tensor_parallel_size"]) == ("/hf", "float16", 1)
+    assert llm["workspace"] == "/ws/llm"
     assert calls["saved"] == "/eng" and calls["shutdown"] is True  # saved, then shut down
 
 

@@ -1,16 +1,12 @@
-"""The TensorRT-LLM runtime without TensorRT-LLM: what we hand it (checked against the 1.2 names), the
-clear error where it is missing, and the streaming adapter driven by a test double of the 1.2 LLM API.
-
-The double (FakeLLM) is only here to run TrtllmEngine's own logic (token diffs, logprobs, stop strings
-and cancellation turned into abort(), finish reasons); it accepts only the 1.2 field names.
+"""The TensorRT-LLM runtime's plain functions: what we hand TensorRT-LLM (checked against the 1.2 names), what
+we read back (context logits -> teacher-forced scores), when we abort, and the clear error where it is
+missing. The adapter itself runs end to end on the 1.2 contract double in tests/test_trtllm_double.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -19,7 +15,8 @@ import pytest
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest
 from trtbuild.runtime import SamplingParams, load_engine
-from trtbuild.runtime.trtllm_runtime import llm_kwargs, to_trtllm_sampling_params, token_logprob
+from trtbuild.runtime.trtllm_runtime import (abort_if_running, context_logprobs, llm_kwargs, scoring_sampling_params,
+                                             to_trtllm_sampling_params, token_logprob)
 
 API = json.loads((Path(__file__).parent / "fixtures" / "trtllm_1_2_api.json").read_text())["sections"]
 EOS = 2
@@ -97,125 +94,46 @@ def test_without_tensorrt_llm_loading_is_one_clear_line(tmp_path, monkeypatch):
     assert "tensorrt_llm" in str(err.value) and "\n" not in str(err.value)
 
 
-# --- the streaming adapter, driven by a double of the 1.2 LLM API ----------------------------------------
+# --- scoring and aborting ------------------------------------------------------------------------------
 
-class FakeRequest:
-    """Like TensorRT-LLM's streaming RequestOutput: outputs[0].token_ids grows; abort() cancels."""
-
-    def __init__(self, script: list[int], sampling, end_reason: str):
-        self.outputs = [types.SimpleNamespace(token_ids=[], logprobs=[], finish_reason=None, stop_reason=None)]
-        self.script, self.sampling, self.end_reason, self.aborted = script, sampling, end_reason, False
-
-    def abort(self):
-        self.aborted = True
-
-    async def __aiter__(self):
-        out = self.outputs[0]
-        for token in self.script[: self.sampling.max_tokens]:
-            await asyncio.sleep(0.005)
-            if self.aborted:
-                out.finish_reason = "cancelled"
-                yield self
-                return
-            out.token_ids.append(token)
-            yield self
-        out.finish_reason = self.end_reason if len(out.token_ids) < self.sampling.max_tokens else "length"
-        yield self
+def test_scoring_request_uses_only_1_2_names():
+    params = scoring_sampling_params(EOS)
+    assert set(params) <= fields("SamplingParams")
+    # one token (a request must generate), greedy, and the context logits that scoring reads
+    assert (params["max_tokens"], params["top_k"], params["return_context_logits"]) == (1, 1, True)
+    assert "prompt_logprobs" not in params  # top-k only, without the prompt token's own value: no KL
 
 
-class FakeLLM:
-    instances: list = []
-    script: list[int] = []
-    end_reason = "stop"
+def test_context_logprobs_rows_predict_the_continuation():
+    import numpy as np
+    import torch
 
-    def __init__(self, **kwargs):
-        assert set(kwargs) <= fields("TrtLlmArgs"), kwargs
-        self.kwargs, self.requests, self.shut_down = kwargs, [], False
-        FakeLLM.instances.append(self)
-
-    def generate_async(self, inputs, sampling_params=None, streaming=False):
-        assert streaming and list(inputs) == ["prompt_token_ids"]
-        asyncio.get_running_loop()  # TensorRT-LLM builds its async queue on the running loop
-        request = FakeRequest(self.script, sampling_params, self.end_reason)
-        self.requests.append(request)
-        return request
-
-    def shutdown(self):
-        self.shut_down = True
+    vocab, prompt, continuation = 6, [1, 4, 2], [5, 3]
+    ids = prompt + continuation
+    # row i of the context logits predicts token i + 1: make each row put all its mass on that token
+    logits = torch.full((len(ids), vocab), -30.0)
+    for i, nxt in enumerate(ids[1:] + [0]):
+        logits[i, nxt] = 30.0
+    for shaped in (logits, logits[None]):  # [tokens, vocab] and [1, tokens, vocab]
+        scores = context_logprobs(shaped, len(prompt), len(continuation))
+        assert scores.shape == (2, vocab) and scores.dtype == np.float32
+        assert list(scores.argmax(-1)) == continuation
+        np.testing.assert_allclose(np.exp(scores).sum(-1), 1.0, rtol=1e-5)  # log_softmax rows
+    with pytest.raises(Exception, match="context logits of shape"):
+        context_logprobs(logits[:2], len(prompt), len(continuation))
 
 
-def fake_sampling_params(**kwargs):
-    assert set(kwargs) <= fields("SamplingParams"), kwargs
-    return types.SimpleNamespace(**kwargs)
+def test_abort_only_requests_still_running():
+    class Output:
+        def __init__(self, finished, aborted):
+            self.finished, self._aborted, self.calls = finished, aborted, 0
 
+        def aborted(self):
+            return self._aborted
 
-def fake_kv_cache_config(**kwargs):
-    assert set(kwargs) <= fields("KvCacheConfig"), kwargs
-    return kwargs
+        def abort(self):
+            self.calls += 1
 
-
-@pytest.fixture
-def fake_trtllm(monkeypatch, tmp_path):
-    top = types.ModuleType("tensorrt_llm")
-    top.SamplingParams = fake_sampling_params
-    engine_module = types.ModuleType("tensorrt_llm._tensorrt_engine")
-    engine_module.LLM = FakeLLM
-    llmapi = types.ModuleType("tensorrt_llm.llmapi")
-    llmapi.KvCacheConfig = fake_kv_cache_config
-    for name, module in [("tensorrt_llm", top), ("tensorrt_llm._tensorrt_engine", engine_module),
-                         ("tensorrt_llm.llmapi", llmapi)]:
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr("trtbuild.trtllm_backend.require_trtllm", lambda: "1.2.0")
-    FakeLLM.instances, FakeLLM.end_reason = [], "stop"
-    engine = load_engine(trt_engine_dir(tmp_path))
-    yield engine
-    engine.close()
-    assert FakeLLM.instances[0].shut_down
-
-
-def test_streams_tokens_and_ends_like_the_torch_backend(fake_trtllm, tokenizer):
-    FakeLLM.script = tokenizer.encode("Paris is the capital 🦜 of France", bos=False)
-    prompt = tokenizer.encode_chat([{"role": "user", "content": "Capital of France?"}])
-    stream = fake_trtllm.submit(prompt, SamplingParams(max_tokens=50, temperature=0))
-    assert "".join(e.text for e in stream) == "Paris is the capital 🦜 of France"
-    result = stream.result()
-    # TensorRT-LLM ended it (end_id is not in its output): our stream ends with its finish reason.
-    assert (result.finish_reason, result.token_ids) == ("stop", FakeLLM.script)
-    assert fake_trtllm.info.backend == "tensorrt-llm" and fake_trtllm.info.max_seq_len == 512
-    sent = FakeLLM.instances[0].requests[0].sampling
-    assert (sent.top_k, sent.max_tokens, sent.end_id) == (1, 50, tokenizer.eos_id)
-    assert FakeLLM.instances[0].kwargs["kv_cache_config"] == {"free_gpu_memory_fraction": 0.85}
-
-
-def test_stop_string_and_max_tokens_abort_the_request(fake_trtllm, tokenizer):
-    FakeLLM.script = tokenizer.encode("one two three four five six seven", bos=False)
-    stopped = fake_trtllm.submit([1, 5], SamplingParams(max_tokens=50, temperature=0, stop=["three"])).result(10)
-    assert (stopped.text, stopped.finish_reason, stopped.stop_reason) == ("one two ", "stop", "three")
-    assert FakeLLM.instances[0].requests[0].aborted  # no more work for TensorRT-LLM
-    limited = fake_trtllm.submit([1, 5], SamplingParams(max_tokens=3, temperature=0)).result(10)
-    assert (limited.text, limited.finish_reason) == ("one two three", "length")
-    deadline = time.monotonic() + 5
-    while fake_trtllm.num_running and time.monotonic() < deadline:  # the adapter lets go right after
-        time.sleep(0.01)
-    assert fake_trtllm.num_running == 0
-
-
-def test_cancel_aborts_the_tensorrt_llm_request(fake_trtllm, tokenizer):
-    FakeLLM.script = tokenizer.encode(" ".join(["word"] * 200), bos=False)
-    stream = fake_trtllm.submit([1, 5], SamplingParams(max_tokens=200, temperature=0))
-    for event in stream:
-        if event.index == 2:
-            break
-    stream.cancel()
-    result = stream.result(10)
-    assert result.finish_reason == "abort" and len(result.token_ids) < 10
-    request = FakeLLM.instances[0].requests[0]
-    deadline = time.monotonic() + 5
-    while not request.outputs[0].finish_reason and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert request.aborted and request.outputs[0].finish_reason == "cancelled"
-
-
-def test_logprobs_need_gathered_logits(fake_trtllm):
-    with pytest.raises(ValueError, match="gather_generation_logits"):
-        fake_trtllm.submit([1, 5], SamplingParams(logprobs=True))
+    running, done, again = Output(False, False), Output(True, False), Output(False, True)
+    assert [abort_if_running(o) for o in (running, done, again, None)] == [True, False, False, False]
+    assert (running.calls, done.calls, again.calls) == (1, 0, 0)

@@ -207,17 +207,27 @@ def test_summarization_check_on_a_local_file(workspace, engine_dirs, small_promp
     assert any(c.threshold == "max_rouge1_drop" and c.status in ("pass", "fail") for c in result.checks)
 
 
-def test_engine_without_scores_reports_what_was_unavailable(workspace, engine_dirs, small_prompts, monkeypatch):
+def test_engine_without_scores_is_not_validated(workspace, engine_dirs, small_prompts, monkeypatch):
+    """A metric the gate depends on that could not be computed is never a silent pass (issue 11)."""
+    from trtbuild.errors import EngineNotValidated
     from trtbuild.runtime.torch_runtime import TorchEngine
 
-    def no_scores(self, prompt_ids, continuation_ids):  # as a TensorRT-LLM engine without gathered logits
-        raise NotImplementedError("built without gather_generation_logits")
+    def no_scores(self, prompt_ids, continuation_ids):  # as a TensorRT-LLM engine without context logits
+        raise NotImplementedError("built without gather_context_logits")
 
     monkeypatch.setattr(TorchEngine, "score", no_scores)
     result = validate_engine(workspace, engine_dirs["fp16"], prompts=small_prompts, max_tokens=12, progress=False)
     assert result.available["teacher_forced"] is False and result.metrics.top1 is None
     assert all(p.teacher_forced is None for p in result.prompts)
-    skipped = {c.threshold for c in result.checks if c.status == "skipped"}
-    assert {"min_top1", "max_mean_kl", "max_kl", "max_mean_logprob_diff"} <= skipped
-    assert any("gather_generation_logits" in note for note in result.notes)
-    assert result.passed  # the greedy checks still ran and passed
+    unmeasured = {c.threshold for c in result.checks if c.status == "unmeasured"}
+    assert {"min_top1", "max_mean_kl", "max_kl", "max_mean_logprob_diff"} == unmeasured
+    assert {c.threshold for c in result.checks if c.status == "skipped"} == {"max_rouge1_drop"}  # not asked for
+    assert any("gather_context_logits" in note for note in result.notes)
+    assert not result.passed and result.verdict == "not validated"  # the greedy checks alone do not pass it
+    with pytest.raises(EngineNotValidated, match="is not validated: teacher-forced top-1 agreement: could not") as err:
+        result.raise_if_failed()
+    assert err.value.exit_code == 5 and "--allow-unscored" in str(err.value)
+    allowed = validate_engine(workspace, engine_dirs["fp16"], prompts=small_prompts, max_tokens=12, progress=False,
+                              allow_unscored=True)
+    assert allowed.passed and allowed.verdict == "pass" and allowed.allow_unscored  # the user's explicit choice
+    allowed.raise_if_failed()

@@ -11,7 +11,8 @@ import pytest
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.validation import metrics as M
-from trtbuild.validation.gate import DEFAULT_THRESHOLDS, Thresholds, precision_keys, resolve_thresholds, run_checks
+from trtbuild.validation.gate import (DEFAULT_THRESHOLDS, Thresholds, precision_keys, resolve_thresholds, run_checks,
+                                      verdict)
 from trtbuild.validation.prompts import bundled_prompts, load_articles, load_prompts, prompt_hash, summary_prompts
 
 
@@ -215,7 +216,13 @@ def test_thresholds_layering_and_checks():
     limits = Thresholds(min_top1=0.9, max_mean_kl=0.05, min_rouge_l=0.5)
     checks = run_checks({"top1": 0.95, "mean_kl": 0.2, "rouge_l": None}, limits)
     assert [(c.threshold, c.status) for c in checks] == [("min_top1", "pass"), ("max_mean_kl", "fail"),
-                                                         ("min_rouge_l", "skipped")]
+                                                         ("min_rouge_l", "unmeasured")]
+    # A metric nobody asked for is "skipped"; one that could not be computed is "unmeasured", and that is
+    # "not validated" unless the user allowed it: never a silent pass.
+    unscored = run_checks({"top1": None, "rouge_l": 0.9}, limits, not_requested=frozenset({"mean_kl"}))
+    assert [c.status for c in unscored] == ["unmeasured", "skipped", "pass"]
+    assert verdict(unscored) == "not validated" and verdict(unscored, allow_unscored=True) == "pass"
+    assert verdict(checks, allow_unscored=True) == "fail" and verdict(unscored[1:]) == "pass"
     assert checks[1].reason == "mean KL(reference || engine) 0.2 > 0.05 (max_mean_kl)"
     assert run_checks({"top1": float("nan")}, limits)[0].status == "fail"  # NaN never passes
     # Engine errors and NaN scores fail the gate even with no threshold set.

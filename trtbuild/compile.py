@@ -24,6 +24,7 @@ from pathlib import Path
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, artifact_hashes, engine_key, gpu_info, library_versions, verify_engine
+from trtbuild.trtllm_effective import describe_change
 from trtbuild.workspace import MANIFEST
 
 BACKEND_CHOICES = ("auto", "torch", "tensorrt-llm")
@@ -104,6 +105,8 @@ def compile_engine(ws, settings, source, backend: str = "auto", force: bool = Fa
         if backend == "tensorrt-llm":
             calibration = _build_trtllm(ws, settings, source, tmp, final.name, progress)
             check_trtllm_engine(tmp / "engine", settings)
+            changes = trtllm_changes(settings, tmp / "engine")
+            warnings += [describe_change(c) for c in changes]
         else:
             calibration = _build_torch(ws, settings, source, tmp / "model", progress)
             check_weights(tmp / "model", settings)  # the files really hold what the manifest will claim
@@ -174,23 +177,46 @@ def _build_torch(ws, settings, source, model_dir: Path, progress: bool) -> dict 
     return calibration
 
 
+def trtllm_work_dir(ws, name: str) -> Path:
+    """TensorRT-LLM's scratch space for one build (its workspace, the calibration dataset): inside the
+    trtbuild workspace, not $TMPDIR, and removed after the build."""
+    return ws.tmp_dir / f"{name}.trtllm"
+
+
 def _build_trtllm(ws, settings, source, tmp: Path, name: str, progress: bool) -> dict | None:
     from trtbuild import trtllm_backend
     from trtbuild.trtllm_config import calib_config
 
     # The log lives beside tmp (not in it) so that it survives a failed build for the user to read.
-    trtllm_backend.build_engine(settings, source.path, tmp / "engine", progress=progress,
-                                log_path=ws.tmp_dir / f"{name}.build.log")
+    record = trtllm_backend.build_engine(settings, source.path, tmp / "engine", progress=progress,
+                                         log_path=ws.tmp_dir / f"{name}.build.log",
+                                         work_dir=trtllm_work_dir(ws, name))
     copy_tokenizer(source.path, tmp / "engine")
-    return calib_config(settings) if settings.is_fp8 else None
+    return {**calib_config(settings), "dataset": record} if settings.is_fp8 else None
+
+
+def trtllm_changes(settings, engine_dir: Path) -> list[dict]:
+    """Requested settings the TensorRT-LLM build changed, read back from the engine's config.json."""
+    from trtbuild.trtllm_config import build_config, quant_config
+    from trtbuild.trtllm_effective import effective_settings, read_engine_config, requested_settings, setting_changes
+
+    requested = requested_settings(build_config(settings), quant_config(settings))
+    return setting_changes(requested, effective_settings(read_engine_config(engine_dir)))
 
 
 def _manifest(settings, source, backend, key, versions, build_gpu, calibration, plan, engine_dir: Path,
               seconds: float) -> Manifest:
     from trtbuild.trtllm_config import trtllm_summary
 
-    trtllm = trtllm_summary(settings, source.path)
+    # TensorRT-LLM's workspace (trtllm_work_dir, removed after the build), as a portable placeholder.
+    work = "<workspace>/tmp/<engine>.trtllm/llm-workspace" if backend == "tensorrt-llm" else None
+    trtllm = trtllm_summary(settings, source.path, workspace=work)
     trtllm["memory_plan"] = plan.to_dict()
+    if backend == "tensorrt-llm":  # what TensorRT-LLM really built (config.json), and what it changed
+        from trtbuild.trtllm_effective import effective_settings, read_engine_config
+
+        trtllm["effective"] = effective_settings(read_engine_config(engine_dir / "engine"))
+        trtllm["changed"] = trtllm_changes(settings, engine_dir / "engine")
     return Manifest(
         key=key, variant=settings.variant, backend=backend, precision=precision(settings),
         build=settings.to_dict(),

@@ -17,6 +17,13 @@ class ValidationFailed(TrtbuildError):
     exit_code = 3
 
 
+class EngineNotValidated(ValidationFailed):
+    """A metric the gate depends on could not be computed (e.g. a TensorRT-LLM engine that cannot be
+    scored): the engine is neither passed nor failed, and is not used unless the user allows it."""
+
+    exit_code = 5
+
+
 class RegressionDetected(TrtbuildError):
     """A benchmark run regressed against its baseline beyond the tolerance."""
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from trtbuild.errors import TrtbuildError
 
-# PluginConfig's fields in 1.2 (tensorrt_llm/plugin/plugin.py). PluginConfig ignores unknown names
-# silently (extra="ignore"), so a misspelt plugin option in a profile would never raise: check here.
+# PluginConfig's fields in 1.2 (tensorrt_llm/plugin/plugin.py@c20322ff: Pydantic, extra="ignore",
+# validate_assignment=True). Its constructor drops unknown names silently; assigning one raises (the path
+# trtbuild.trtllm_backend uses). Either way a misspelt option in a profile is caught here, before any GPU work.
 PLUGIN_FIELDS = frozenset({
     "dtype", "bert_attention_plugin", "gpt_attention_plugin", "gemm_plugin", "gemm_swiglu_plugin",
     "fp8_rowwise_gemm_plugin", "qserve_gemm_plugin", "identity_plugin", "nccl_plugin", "lora_plugin",
@@ -63,7 +64,16 @@ CLI_PLUGIN_ARGS = frozenset({
 LLM_CLASS = "tensorrt_llm._tensorrt_engine.LLM"  # NOT tensorrt_llm.LLM: that is the PyTorch backend (#8223)
 QUANTIZE_PY = "examples/quantization/quantize.py"
 CONVERT_CHECKPOINT_PY = "examples/models/core/llama/convert_checkpoint.py"  # Mistral is LLaMAForCausalLM
-DEFAULT_CALIB_DATASET = "cnn_dailymail"  # TensorRT-LLM's own default calibration set
+# Context logits of every prompt token are what `trtbuild validate` scores a TensorRT-LLM engine with
+# (teacher-forced top-1, KL, logprob diff): gather_context_logits is on in every engine trtbuild builds, so
+# the engine that is validated is the engine that is served. Its cost: the logits output grows from
+# [batch, vocab] to [max_num_tokens, vocab] floats (h100 profile: 8192 x 32768 x 4 B = 1 GiB of activation
+# memory, taken from the KV cache) and the lm_head GEMM runs over every context token (~2% of a 7B prefill).
+GATHER_CONTEXT_LOGITS = True
+# The build-only LLM: TensorRT-LLM 1.2's _TrtLLM always starts its executor after building (llm.py@4c05a748
+# _build_model), so the engine is loaded once before save(). A KV cache of one max_seq_len sequence (and at
+# most 5% of free memory) instead of the default 90% keeps that start small; see build_llm_extras().
+BUILD_KV_CACHE_FRACTION = 0.05
 
 
 def check_plugin_names(plugins: dict, where: str) -> None:
@@ -98,13 +108,15 @@ def plugin_config(settings) -> dict:
     - gpt_attention_plugin "auto" + context_fmha + paged context FMHA: the fused attention path that
       in-flight batching with a paged KV cache needs (and chunked context relies on).
     - fp16/bf16: gemm_plugin "auto" (cuBLAS GEMM plugin in the model dtype), the usual choice there.
-    - fp8: no gemm_plugin, so TensorRT's own FP8 GEMMs run; FP8 context FMHA on (Hopper FP8 attention).
+    - fp8: no gemm_plugin, so TensorRT's own FP8 GEMMs run. FP8 context FMHA only with an FP8 KV cache:
+      with paged context FMHA on, TensorRT-LLM's build() turns it off without one and on with one
+      (trtllm_effective.predicted_plugin_config), so trtbuild asks for exactly what will be built.
       Outputs of FP8 attention have regressed before (TRT-LLM #1305, #2072): validation catches that.
     """
     config = {"gpt_attention_plugin": "auto", "context_fmha": True, "use_paged_context_fmha": True,
               "remove_input_padding": True}
     if settings.is_fp8:
-        config.update(gemm_plugin=None, use_fp8_context_fmha=True)
+        config.update(gemm_plugin=None, use_fp8_context_fmha=settings.kv_cache_dtype == "fp8")
     else:
         config.update(gemm_plugin="auto", use_fp8_context_fmha=False)
     config.update({name: _plugin_value(value) for name, value in settings.plugins.items()})
@@ -112,7 +124,8 @@ def plugin_config(settings) -> dict:
 
 
 def build_config(settings) -> dict:
-    """BuildConfig fields. strongly_typed is required for FP8 and harmless for fp16."""
+    """BuildConfig fields. strongly_typed is required for FP8 and harmless for fp16; gather_context_logits
+    makes the engine scoreable (GATHER_CONTEXT_LOGITS)."""
     return {
         "max_batch_size": settings.max_batch_size,
         "max_input_len": settings.max_input_len,
@@ -120,6 +133,7 @@ def build_config(settings) -> dict:
         "max_num_tokens": settings.max_num_tokens,
         "max_beam_width": settings.max_beam_width,
         "gather_generation_logits": settings.gather_generation_logits,
+        "gather_context_logits": GATHER_CONTEXT_LOGITS,
         "strongly_typed": True,
         "plugin_config": plugin_config(settings),
     }
@@ -128,34 +142,27 @@ def build_config(settings) -> dict:
 def quant_config(settings) -> dict | None:
     """QuantConfig fields (QuantAlgo member names), or None for an unquantized build.
 
-    lm_head stays in the model dtype: quantizing it costs accuracy for a small speed gain (modelopt and
-    TensorRT-LLM both leave it out by default; this makes it explicit).
+    No exclude_modules: the LLM API does not forward it (PretrainedModel.quantize calls quantize_and_export
+    without it, modeling_utils.py id 1189552800); lm_head stays in the model dtype through
+    quantize_and_export's quantize_lm_head=False, and the engine's config.json records what was excluded
+    (manifest.trtllm["effective"]["quantization"]).
     """
     if not settings.is_fp8:
         return None
-    return {
-        "quant_algo": "FP8",
-        "kv_cache_quant_algo": "FP8" if settings.kv_cache_dtype == "fp8" else None,
-        "exclude_modules": ["lm_head"],
-    }
+    return {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8" if settings.kv_cache_dtype == "fp8" else None}
 
 
-def calib_dataset(settings) -> str:
-    """The calibration set TensorRT-LLM should read. "builtin" (the toolkit's bundled text, used by the
-    CPU path) has no TensorRT-LLM equivalent, so it maps to TensorRT-LLM's own default."""
-    dataset = settings.calibration.dataset
-    return DEFAULT_CALIB_DATASET if dataset == "builtin" else dataset
-
-
-def calib_config(settings) -> dict:
+def calib_config(settings, calib_dataset: str | None = None) -> dict:
     """CalibConfig fields. TensorRT-LLM hands calib_batches to modelopt as calib_size, a sample count
-    (modeling_utils.quantize -> quantize_and_export(calib_size=calib_batches)), so it is num_samples."""
+    (modeling_utils.quantize -> quantize_and_export(calib_size=calib_batches)), so it is num_samples.
+    calib_dataset: what trtllm_calib.prepare_calibration() resolved (a local dataset directory for builtin
+    and file data); default: the profile's value as written."""
     calib = settings.calibration
     if calib is None:
         raise TrtbuildError(f"variant {settings.variant} has no calibration settings; only FP8 variants calibrate")
     return {
         "device": "cuda",
-        "calib_dataset": calib_dataset(settings),
+        "calib_dataset": calib_dataset or calib.dataset,
         "calib_batches": calib.num_samples,
         "calib_batch_size": calib.batch_size,
         "calib_max_seq_length": calib.max_seq_len,
@@ -172,19 +179,32 @@ def kv_cache_config(free_gpu_memory_fraction: float = 0.9, enable_block_reuse: b
     return {"free_gpu_memory_fraction": free_gpu_memory_fraction, "enable_block_reuse": enable_block_reuse}
 
 
-def llm_args(settings, model_dir: str | Path) -> dict:
+def build_kv_cache_config(settings) -> dict:
+    """KvCacheConfig of the build-only LLM: room for one max_seq_len sequence, at most
+    BUILD_KV_CACHE_FRACTION of free GPU memory (KvCacheConfig takes the smaller of the two)."""
+    return {"free_gpu_memory_fraction": BUILD_KV_CACHE_FRACTION, "max_tokens": settings.max_seq_len,
+            "enable_block_reuse": False}
+
+
+def llm_args(settings, model_dir: str | Path, workspace: str | Path | None = None,
+             calib_dataset: str | None = None) -> dict:
     """Keyword arguments of tensorrt_llm._tensorrt_engine.LLM (TrtLlmArgs) that build this variant.
 
-    The nested dicts become BuildConfig / QuantConfig / CalibConfig objects in trtllm_backend."""
+    workspace: where TensorRT-LLM puts its TemporaryDirectory for the quantized checkpoint and the engine
+    before save() copies it out (llm.py@4c05a748 BaseLLM.__init__; default $TMPDIR). The nested dicts
+    become BuildConfig / QuantConfig / CalibConfig / KvCacheConfig objects in trtllm_backend."""
     args = {
         "model": str(model_dir),
         "dtype": settings.dtype,
         "tensor_parallel_size": settings.tp_size,
         "build_config": build_config(settings),
+        "kv_cache_config": build_kv_cache_config(settings),
     }
+    if workspace is not None:
+        args["workspace"] = str(workspace)
     if settings.is_fp8:  # TensorRT-LLM runs modelopt itself during the build
         args["quant_config"] = quant_config(settings)
-        args["calib_config"] = calib_config(settings)
+        args["calib_config"] = calib_config(settings, calib_dataset)
     return args
 
 
@@ -206,14 +226,15 @@ def convert_checkpoint_argv(settings, model_dir: str | Path, output_dir: str | P
 def quantize_py_argv(settings, model_dir: str | Path, output_dir: str | Path) -> list[str]:
     """HF checkpoint -> FP8 TensorRT-LLM checkpoint with modelopt (the fp8 / fp8-kv8 route).
 
-    Note TRT-LLM #5247: quantize.py ignores a local calibration set unless its path contains
-    "cnn_dailymail"; the LLM API route does not have that problem."""
+    quantize.py and the LLM API reach the same get_calib_dataloader (quantize_by_modelopt.py), so the same
+    datasets work on both routes: see trtbuild.trtllm_calib (TRT-LLM #5247 reports an older quantize.py
+    that ignored local sets)."""
     calib = settings.calibration
     argv = ["python", QUANTIZE_PY, "--model_dir", str(model_dir), "--dtype", settings.dtype, "--qformat", "fp8"]
     if settings.kv_cache_dtype == "fp8":
         argv += ["--kv_cache_dtype", "fp8"]
     return argv + [
-        "--calib_dataset", calib_dataset(settings), "--calib_size", str(calib.num_samples),
+        "--calib_dataset", calib.dataset, "--calib_size", str(calib.num_samples),
         "--batch_size", str(calib.batch_size), "--calib_max_seq_length", str(calib.max_seq_len),
         "--tokenizer_max_seq_length", str(max(2048, calib.max_seq_len)), "--seed", str(calib.seed),
         "--tp_size", str(settings.tp_size), "--output_dir", str(output_dir),
@@ -229,6 +250,8 @@ def trtllm_build_argv(settings, checkpoint_dir: str | Path, output_dir: str | Pa
             "--max_beam_width", str(settings.max_beam_width), "--workers", str(settings.tp_size)]
     if settings.gather_generation_logits:
         argv.append("--gather_generation_logits")
+    if GATHER_CONTEXT_LOGITS:
+        argv.append("--gather_context_logits")
     for name, value in plugin_config(settings).items():
         if name in CLI_PLUGIN_ARGS:
             argv += [f"--{name}", _flag(value)]
@@ -242,14 +265,22 @@ def cli_route(settings, model_dir: str | Path, work_dir: str | Path = ".") -> li
     return [make_checkpoint(settings, model_dir, checkpoint), trtllm_build_argv(settings, checkpoint, engine)]
 
 
-def trtllm_summary(settings, model_dir: str | Path) -> dict:
-    """Everything TensorRT-LLM is (or would be) handed for this variant: recorded in every manifest."""
-    args = llm_args(settings, model_dir)
+def trtllm_summary(settings, model_dir: str | Path, workspace: str | Path | None = None,
+                   calib_dataset: str | None = None) -> dict:
+    """Everything TensorRT-LLM is (or would be) handed for this variant, and what its build rules will
+    make of it (predicted): recorded in every manifest. A TensorRT-LLM build adds "effective" (read back
+    from the engine) and "changed"."""
+    from trtbuild.trtllm_effective import predicted_effective
+
+    args = llm_args(settings, model_dir, workspace, calib_dataset)
+    nested = ("build_config", "quant_config", "calib_config", "kv_cache_config")
     return {
         "api": f"{LLM_CLASS} (TensorRT-LLM 1.2)",
-        "llm_args": {k: v for k, v in args.items() if k not in ("build_config", "quant_config", "calib_config")},
+        "llm_args": {k: v for k, v in args.items() if k not in nested},
         "build_config": args["build_config"],
         "quant_config": args.get("quant_config"),
         "calib_config": args.get("calib_config"),
+        "kv_cache_config": args["kv_cache_config"],
+        "predicted": predicted_effective(args["build_config"], args.get("quant_config"), tp_size=settings.tp_size),
         "cli": cli_route(settings, model_dir),
     }

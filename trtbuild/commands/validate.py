@@ -41,16 +41,21 @@ def threshold_options(command):
               help="Profile (name or TOML file) whose [validation.<precision>] tables set the thresholds "
                    "[env TRTBUILD_PROFILE; default: the builtin defaults].")
 @threshold_options
+@click.option("--allow-unscored", is_flag=True,
+              help="Accept an engine whose teacher-forced metrics (top-1, KL, logprob diff) cannot be computed, "
+                   "e.g. a TensorRT-LLM engine built without gather_context_logits, on the remaining checks. "
+                   "Without it such an engine is NOT VALIDATED (exit 5).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def validate_cmd(ws, engine, reference, prompts_file, max_tokens, summarize, summarize_samples, profile, as_json,
-                 **thresholds):
+def validate_cmd(ws, engine, reference, prompts_file, max_tokens, summarize, summarize_samples, profile,
+                 allow_unscored, as_json, **thresholds):
     """Compare ENGINE with the transformers reference on the same prompts and gate it.
 
     \b
     ENGINE is an engine directory, or a variant (fp16, fp8, fp8-kv8) or key prefix in the workspace.
     Both run greedy on the same token ids; the result goes to ENGINE/validation.json and is referenced
-    from its manifest. Exit code 3 when a threshold fails (one reason per failure), 0 when it passes.
+    from its manifest. Exit code 3 when a threshold fails (one reason per failure), 5 when a gated metric
+    could not be computed (NOT VALIDATED; see --allow-unscored), 0 when it passes.
     Metrics and default thresholds per precision: docs/validation.md.
 
     \b
@@ -70,7 +75,7 @@ def validate_cmd(ws, engine, reference, prompts_file, max_tokens, summarize, sum
     overrides = {k: v for k, v in thresholds.items() if v is not None}
     result = validate_engine(ws, engine, reference=reference, prompts=prompts_file, max_tokens=max_tokens,
                              thresholds=overrides, profile_thresholds=table, progress=not as_json,
-                             summarize=summarize, summarize_samples=summarize_samples)
+                             summarize=summarize, summarize_samples=summarize_samples, allow_unscored=allow_unscored)
     emit(result.to_dict(), format_table(result), as_json, path=f"{result.engine_dir}/{RESULT_FILE}")
     result.raise_if_failed()
 

@@ -7,8 +7,15 @@ RequestStream.emit_token. The engine runs through `tensorrt_llm._tensorrt_engine
 backend: the plain `tensorrt_llm.LLM` is the PyTorch backend since 1.0 and cannot load an engine dir,
 TRT-LLM #8223), with `generate_async(..., streaming=True)` consumed on an asyncio loop in a background
 thread. Everything handed to TensorRT-LLM is computed by plain functions (to_trtllm_sampling_params,
-llm_kwargs) that tests check against the 1.2 field names; tensorrt_llm itself is imported only here,
-lazily, and its absence (or a missing GPU) is a one-line TrtbuildError.
+scoring_sampling_params, llm_kwargs) that tests check against the 1.2 field names; tensorrt_llm itself is
+imported only here, lazily, and its absence (or a missing GPU) is a one-line TrtbuildError.
+
+score() (teacher-forced log-probabilities, what `trtbuild validate` gates on) is one request over
+prompt + continuation with return_context_logits and max_tokens=1: RequestOutput.context_logits holds the
+logits of every prompt position (executor/result.py). TensorRT-LLM's prompt_logprobs would not do: it keeps
+only the top-k of each position and not the prompt token's own value (result.py compute_logprobs), so
+neither KL over the vocabulary nor the reference token's logprob could be computed. Both need an engine built
+with gather_context_logits (llm.py _check_arguments), which trtbuild always sets (trtllm_config).
 """
 
 from __future__ import annotations
@@ -16,17 +23,21 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, verify_engine
-from trtbuild.runtime.interface import Engine, EngineError, EngineInfo, RequestStream, SamplingParams
+from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
+                                        SamplingParams)
 from trtbuild.tokenizer import Tokenizer
+from trtbuild.trtllm_effective import can_score, effective_settings, read_engine_config
 
 # TensorRT-LLM's CompletionOutput.finish_reason -> ours, for a request that TensorRT-LLM ended itself.
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "abort", "timeout": "abort"}
 DEFAULT_FREE_GPU_MEMORY_FRACTION = 0.85
+CLOSE_TIMEOUT_S = 30  # close(): how long requests in flight get to see their abort before shutdown
 
 
 def to_trtllm_sampling_params(params: SamplingParams, eos_id: int, max_new_tokens: int | None = None) -> dict:
@@ -73,6 +84,40 @@ def to_trtllm_sampling_params(params: SamplingParams, eos_id: int, max_new_token
     return out
 
 
+def scoring_sampling_params(eos_id: int) -> dict:
+    """SamplingParams for score(): one greedy token (the request must generate something) and the context
+    logits of every prompt position. The request itself is checked like any other: prompt + max_tokens
+    must fit max_seq_len (llm.py _check_arguments)."""
+    return {"max_tokens": 1, "end_id": eos_id, "pad_id": eos_id, "n": 1, "top_k": 1, "detokenize": False,
+            "return_context_logits": True}
+
+
+def context_logprobs(context_logits, prompt_len: int, continuation_len: int):
+    """Teacher-forced log-probabilities from the context logits of prompt + continuation: row i of the
+    result is log p(. | prompt + continuation[:i]), i.e. context row prompt_len - 1 + i. Accepts
+    [tokens, vocab] or [1, tokens, vocab] (result.py squeezes the same way); returns float32 numpy."""
+    import torch
+
+    logits = torch.as_tensor(context_logits)
+    if logits.dim() == 3 and logits.shape[0] == 1:
+        logits = logits[0]
+    if logits.dim() != 2 or logits.shape[0] < prompt_len + continuation_len - 1:
+        raise EngineError(f"TensorRT-LLM returned context logits of shape {tuple(logits.shape)} for "
+                          f"{prompt_len + continuation_len} tokens")
+    rows = logits[prompt_len - 1: prompt_len - 1 + continuation_len].float()
+    return torch.log_softmax(rows, dim=-1).cpu().numpy()
+
+
+def abort_if_running(output) -> bool:
+    """Abort a TensorRT-LLM request unless it has finished or was aborted already: GenerationResult.abort
+    on a finished request costs a message to the worker and a warning there ("Request of client_id N is
+    finished, cannot abort it.", executor/base_worker.py abort_request). Returns True when it aborted."""
+    if output is None or output.finished or output.aborted():
+        return False
+    output.abort()
+    return True
+
+
 def llm_kwargs(engine_dir: Path, build: dict,
                free_gpu_memory_fraction: float = DEFAULT_FREE_GPU_MEMORY_FRACTION) -> tuple[dict, dict]:
     """(LLM keyword arguments, KvCacheConfig keyword arguments) to load a saved engine directory."""
@@ -114,6 +159,8 @@ class TrtllmEngine(Engine):
         trt_dir = self.engine_dir / "engine"
         self._SamplingParams = TrtSamplingParams
         build = manifest.build
+        # What the engine was built with (its config.json), not what was asked for: scoring needs context logits.
+        self._can_score, self._score_note = can_score(effective_settings(read_engine_config(trt_dir)))
         kwargs, kv_kwargs = llm_kwargs(trt_dir, build, free_gpu_memory_fraction)
         self.llm = LLM(**kwargs, kv_cache_config=KvCacheConfig(**kv_kwargs))
         self.tokenizer = Tokenizer.from_model_dir(trt_dir)
@@ -123,9 +170,10 @@ class TrtllmEngine(Engine):
             model_id=str(manifest.source.get("model_id", "")), max_seq_len=int(build["max_seq_len"]),
             max_batch_size=int(build["max_batch_size"]), max_input_len=int(build["max_input_len"]),
             vocab_size=self.tokenizer.vocab_size, eos_id=self.tokenizer.eos_id, precision=dict(manifest.precision),
-            engine_dir=str(self.engine_dir), can_score=False)
+            engine_dir=str(self.engine_dir), can_score=self._can_score)
         self._streams: dict[str, RequestStream] = {}  # request id -> stream, for every request in flight
         self._handles: dict[str, object] = {}  # request id -> TensorRT-LLM RequestOutput (loop thread only)
+        self._tasks: dict[str, object] = {}  # request id -> concurrent Future of its _run coroutine
         self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="trtllm-engine", daemon=True)
@@ -142,8 +190,30 @@ class TrtllmEngine(Engine):
         room = self.info.max_seq_len - len(stream.prompt_token_ids)
         sampling = self._SamplingParams(**to_trtllm_sampling_params(params, self.tokenizer.eos_id, room))
         self._streams[stream.request_id] = stream
-        asyncio.run_coroutine_threadsafe(self._run(stream, sampling), self._loop)
+        self._tasks[stream.request_id] = asyncio.run_coroutine_threadsafe(self._run(stream, sampling), self._loop)
         return stream
+
+    def score(self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]):
+        if not self._can_score:
+            raise NotImplementedError(f"TensorRT-LLM engine {self.info.name} cannot be scored: {self._score_note}")
+        if self._closed:
+            raise EngineError(f"engine {self.info.name} is closed")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        ids = [*prompt_ids, *continuation_ids]
+        if len(ids) > self.info.max_input_len or len(ids) + 1 > self.info.max_seq_len:
+            raise ContextLengthExceeded(len(prompt_ids), len(continuation_ids) + 1, self.info.max_seq_len,
+                                        self.info.max_input_len)
+        sampling = self._SamplingParams(**scoring_sampling_params(self.tokenizer.eos_id))
+        logits = asyncio.run_coroutine_threadsafe(self._context_logits(ids, sampling), self._loop).result()
+        return context_logprobs(logits, len(prompt_ids), len(continuation_ids))
+
+    async def _context_logits(self, ids: list[int], sampling):
+        output = self.llm.generate_async({"prompt_token_ids": ids}, sampling_params=sampling, streaming=False)
+        result = await output.aresult()
+        if result.context_logits is None:
+            raise EngineError(f"TensorRT-LLM returned no context logits for engine {self.info.name}")
+        return result.context_logits
 
     async def _run(self, stream: RequestStream, sampling) -> None:
         output = None
@@ -153,7 +223,7 @@ class TrtllmEngine(Engine):
                                              streaming=True)
             self._handles[stream.request_id] = output
             if stream.finished:  # cancelled before it started
-                output.abort()
+                abort_if_running(output)
                 return
             seen, completion = 0, None
             async for step in output:
@@ -165,39 +235,49 @@ class TrtllmEngine(Engine):
                     if stream.emit_token(token, logprob, top):
                         break
                 seen = len(completion.token_ids)
-                if stream.finished:  # a stop string, max_tokens or a cancel: stop TensorRT-LLM's work too
-                    output.abort()
+                if stream.finished:  # a stop string or a cancel: stop TensorRT-LLM's work too (at max_tokens
+                    abort_if_running(output)  # TensorRT-LLM has finished the request itself: no abort)
                     break
-            if not stream.finished:  # TensorRT-LLM ended it without a token we saw (end_id is not returned)
+            if not stream.finished:  # TensorRT-LLM ended it without a token we saw
                 reason = getattr(completion, "finish_reason", None)
-                stream.stop_reason = getattr(completion, "stop_reason", None)
-                stream.finish(FINISH_REASONS.get(reason, "stop"))
+                stop_reason = getattr(completion, "stop_reason", None)
+                if reason == "stop" and stop_reason is None and not stream.params.ignore_eos:
+                    # It stopped at end_id, which it does not return: emit it as the other backends do
+                    # (same token_ids and usage on every backend; validation compares them token by token).
+                    stream.emit_token(self.tokenizer.eos_id)
+                else:
+                    stream.stop_reason = stop_reason
+                    stream.finish(FINISH_REASONS.get(reason, "stop"))
         except Exception as exc:  # TensorRT-LLM raises RequestError and friends per request
-            if output is not None:
-                output.abort()
+            abort_if_running(output)
             stream.finish("error", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._handles.pop(stream.request_id, None)
             self._streams.pop(stream.request_id, None)
+            self._tasks.pop(stream.request_id, None)
 
     def _cancel(self, stream: RequestStream) -> None:
-        def abort():
-            handle = self._handles.get(stream.request_id)
-            if handle is not None:
-                handle.abort()
         if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(abort)
+            self._loop.call_soon_threadsafe(lambda: abort_if_running(self._handles.get(stream.request_id)))
 
     @property
     def num_running(self) -> int:
         return len(self._streams)  # TensorRT-LLM queues internally: everything submitted counts as in flight
 
     def close(self) -> None:
+        """Abort what is in flight, wait until each request has seen its abort, then shut TensorRT-LLM
+        down: GenerationResult.abort() needs the executor alive (it dereferences a weakref to it)."""
         if self._closed:
             return
         self._closed = True
         for stream in list(self._streams.values()):
-            stream.cancel()  # finish "abort" here, abort() in TensorRT-LLM on the loop
+            stream.cancel()  # finish "abort" here; abort() in TensorRT-LLM is scheduled on the loop
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        for task in list(self._tasks.values()):  # each _run ends at its next step after the abort
+            try:
+                task.result(timeout=max(deadline - time.monotonic(), 0.01))
+            except Exception:  # a timeout or the request's own error: shut down regardless
+                pass
         self.llm.shutdown()
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=CLOSE_TIMEOUT_S)

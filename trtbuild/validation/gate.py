@@ -7,8 +7,10 @@ Thresholds come from three layers, later ones winning:
   3. command-line options (--min-top1 0.95 ...).
 A precision key names a class of engine: "fp16", "bf16", "fp8", "fp8-kv8"; an engine reads the most
 general table first and the most specific last (fp8-kv8 engines: fp8, then fp8-kv8).
-A threshold set to None is not checked; a check whose metric the engine could not supply (no scores
-from a TensorRT-LLM engine built without gathered logits) is reported as skipped, never as passed.
+A threshold set to None is not checked. A check whose metric was not asked for (the summarization
+check without --summarize) is "skipped". A check whose metric could not be computed (no scores from a
+TensorRT-LLM engine built without gather_context_logits) is "unmeasured": never passed, and it makes the
+verdict "not validated" (exit 5) unless the user explicitly allowed it (--allow-unscored): see verdict().
 """
 
 from __future__ import annotations
@@ -117,8 +119,21 @@ class Check:
     metric: str  # Metrics field name
     limit: float
     value: float | None
-    status: str  # "pass" | "fail" | "skipped" (metric not available)
+    status: str  # "pass" | "fail" | "unmeasured" (metric could not be computed) | "skipped" (not asked for)
     reason: str  # one line, shown when it fails
+
+
+VERDICTS = ("pass", "fail", "not validated")
+
+
+def verdict(checks: list, allow_unscored: bool = False) -> str:
+    """"fail" when any check failed; "not validated" when a set threshold could not be checked (its metric
+    was not measured) and the user did not allow that; else "pass"."""
+    if any(c.status == "fail" for c in checks):
+        return "fail"
+    if any(c.status == "unmeasured" for c in checks) and not allow_unscored:
+        return "not validated"
+    return "pass"
 
 
 # threshold -> (metric, is the threshold a minimum?, what the metric is called in messages)
@@ -139,9 +154,10 @@ MUST_BE_ZERO = {"engine_errors": "the engine failed on {} request(s) (see notes)
                 "nonfinite_positions": "the engine returned NaN/inf log-probabilities at {} position(s)"}
 
 
-def run_checks(metrics: dict, thresholds: Thresholds) -> list[Check]:
+def run_checks(metrics: dict, thresholds: Thresholds, not_requested: frozenset[str] = frozenset()) -> list[Check]:
     """A failed Check for each MUST_BE_ZERO count that is not zero, then one Check per set threshold in
-    CHECKS order. metrics: the aggregate Metrics as a dict."""
+    CHECKS order. metrics: the aggregate Metrics as a dict; not_requested: metrics the user did not ask
+    for (their checks are "skipped"; any other missing metric is "unmeasured")."""
     checks = [Check(name, name, 0, metrics[name], "fail", why.format(metrics[name]))
               for name, why in MUST_BE_ZERO.items() if metrics.get(name)]
     for name, (metric, is_min, label) in CHECKS.items():
@@ -150,7 +166,8 @@ def run_checks(metrics: dict, thresholds: Thresholds) -> list[Check]:
             continue
         value = metrics.get(metric)
         if value is None:
-            checks.append(Check(name, metric, limit, None, "skipped", f"{label}: not measured in this run"))
+            status, why = ("skipped", "not asked for") if metric in not_requested else ("unmeasured", "could not be computed")
+            checks.append(Check(name, metric, limit, None, status, f"{label}: {why} ({name})"))
             continue
         ok = value >= limit if is_min else value <= limit
         sign = (">=" if is_min else "<=") if ok else ("<" if is_min else ">")

@@ -11,12 +11,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trtbuild.errors import TrtbuildError, ValidationFailed
-from trtbuild.validation.gate import Check, Thresholds
+from trtbuild.errors import EngineNotValidated, TrtbuildError, ValidationFailed
+from trtbuild.validation.gate import Check, Thresholds, verdict
 from trtbuild.validation.metrics import NEAR_TIE_NATS, TeacherForced, weighted_mean
 
 RESULT_FILE = "validation.json"
-SCHEMA_VERSION = 1  # bump when ValidationResult changes shape; older files then count as "not validated"
+# Bump when ValidationResult changes shape; older files then count as "not validated". The verdict
+# "not validated" and allow_unscored (issue 11) kept version 1: allow_unscored defaults to False, and a
+# version-1 file could only skip teacher-forced checks for a TensorRT-LLM engine, which no version-1
+# trtbuild ever ran.
+SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -134,18 +138,30 @@ class ValidationResult:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     passed: bool = False
+    allow_unscored: bool = False  # the user let skipped checks (metrics not measured) pass: --allow-unscored
     schema_version: int = SCHEMA_VERSION
 
     @property
     def verdict(self) -> str:
-        return "pass" if self.passed else "fail"
+        return verdict(self.checks, self.allow_unscored)
+
+    @property
+    def unmeasured(self) -> list[str]:
+        return [c.reason for c in self.checks if c.status == "unmeasured"]
 
     @property
     def failures(self) -> list[str]:
-        return [c.reason for c in self.checks if c.status == "fail"]
+        """One reason per failed check; for a "not validated" engine, each check that could not run."""
+        failed = [c.reason for c in self.checks if c.status == "fail"]
+        return failed or (self.unmeasured if self.verdict == "not validated" else [])
 
     def raise_if_failed(self) -> None:
-        """ValidationFailed (exit code 3) naming every failed threshold, on one line."""
+        """ValidationFailed (exit code 3) naming every failed threshold, on one line; EngineNotValidated
+        (exit code 5) when the gate's metrics could not be computed and the user did not allow it."""
+        if self.verdict == "not validated":
+            raise EngineNotValidated(f"engine {self.engine} is not validated: " + "; ".join(self.failures)
+                                     + (f" ({self.notes[0]})" if self.notes else "")
+                                     + "; pass --allow-unscored to accept it on the remaining checks")
         if not self.passed:
             raise ValidationFailed(f"engine {self.engine} failed validation: " + "; ".join(self.failures))
 
@@ -226,6 +242,7 @@ def format_table(result: ValidationResult) -> str:
     out += [f"note: {n}" for n in result.notes]
     for c in result.checks:
         out.append(f"{c.status.upper():7s} {c.reason}")
+    allowed = ", unmeasured checks allowed by --allow-unscored" if result.allow_unscored and result.unmeasured else ""
     out.append(f"verdict: {result.verdict.upper()} ({'/'.join(result.threshold_keys)} thresholds, "
-               f"{result.seconds:.1f} s)")
+               f"{result.seconds:.1f} s{allowed})")
     return "\n".join(out)

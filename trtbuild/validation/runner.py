@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, canonical_hash, library_versions, load_manifest
-from trtbuild.runtime.interface import Engine, GenerationResult, SamplingParams
-from trtbuild.validation.gate import precision_keys, resolve_thresholds, run_checks, split_threshold_arg
+from trtbuild.runtime.interface import ContextLengthExceeded, Engine, GenerationResult, SamplingParams
+from trtbuild.validation.gate import precision_keys, resolve_thresholds, run_checks, split_threshold_arg, verdict
 from trtbuild.validation.metrics import (divergence_margin, first_divergence, matching_tokens, rouge1, rouge_l,
                                          teacher_forced)
 from trtbuild.validation.prompts import Prompt, load_articles, load_prompts, prompt_hash, summary_prompts
@@ -160,14 +160,16 @@ def compare(prompt: Prompt, ids: list[int], max_tokens: int, ref_out: Generation
 def validate_engine(ws: Workspace, engine_dir: str | Path, reference: str | Path | None = None,
                     prompts: str | Path | Sequence[Prompt] | None = None, max_tokens: int | None = None,
                     thresholds=None, progress: bool = True, *, profile_thresholds: dict | None = None,
-                    summarize: str | None = None, summarize_samples: int = DEFAULT_SUMMARY_SAMPLES) -> ValidationResult:
+                    summarize: str | None = None, summarize_samples: int = DEFAULT_SUMMARY_SAMPLES,
+                    allow_unscored: bool = False) -> ValidationResult:
     """Validate one engine against the reference; write <engine>/validation.json and point the manifest
     at it. Returns the result whatever the verdict (call result.raise_if_failed() to gate).
 
     thresholds: None (defaults for the engine's precision), a Thresholds, a profile's validation table
     ({"fp8": {"min_top1": 0.9}}), or flat overrides ({"min_top1": 0.9}); profile_thresholds: a profile's
     validation table applied under flat overrides. summarize: a JSONL file of {"article", "highlights"} or a
-    `datasets` name for the ROUGE-1 check.
+    `datasets` name for the ROUGE-1 check. allow_unscored: a threshold whose metric could not be measured
+    does not make the engine "not validated" (the user's explicit opt-out, --allow-unscored).
     """
     from trtbuild.runtime import load_engine
 
@@ -214,7 +216,8 @@ def validate_engine(ws: Workspace, engine_dir: str | Path, reference: str | Path
 
     metrics = aggregate(results, summaries)
     metrics.engine_errors = sum(e.finish_reason == "error" for e in eng_outs)
-    checks = run_checks(dataclasses.asdict(metrics), limits)
+    checks = run_checks(dataclasses.asdict(metrics), limits,
+                        not_requested=frozenset() if summarize else frozenset({"rouge1_drop"}))
     result = ValidationResult(
         engine=engine_dir.name, engine_dir=str(engine_dir), engine_key=manifest.key, variant=manifest.variant,
         backend=manifest.backend, precision=dict(manifest.precision), threshold_keys=precision_keys(manifest.build),
@@ -223,7 +226,7 @@ def validate_engine(ws: Workspace, engine_dir: str | Path, reference: str | Path
         available={"greedy": True, "rouge_l": True, "teacher_forced": can_score, "summarization": bool(summaries)},
         notes=notes, prompts=results, summaries=summaries, versions=library_versions(), started_at=started_at,
         seconds=round(time.perf_counter() - started, 3), timings=timings,
-        passed=not any(c.status == "fail" for c in checks))
+        allow_unscored=allow_unscored, passed=verdict(checks, allow_unscored) == "pass")
     save_result(engine_dir, result)
     return result
 
@@ -232,15 +235,19 @@ def score_all(engine: Engine, ref: Reference, work: list[tuple], results: list[P
               progress: bool) -> bool:
     """Teacher-forced metrics for every prompt; False (and a note) when the engine cannot score."""
     if not engine.info.can_score:
-        notes.append(f"teacher-forced metrics unavailable: {engine.info.backend} engine {engine.info.name} cannot "
-                     "score sequences (TensorRT-LLM engines need gather_generation_logits)")
+        try:  # the backend says why in its NotImplementedError
+            engine.score(work[0][1], [])
+            why = "it does not report scores"
+        except NotImplementedError as exc:
+            why = str(exc)
+        notes.append(f"teacher-forced metrics unavailable: {why}")
         return False
     for (_, ids, _), result in tqdm(list(zip(work, results)), desc="teacher-forced scoring", disable=not progress,
                                     leave=False):
         tokens = result.reference_token_ids
         try:
             engine_scores = engine.score(ids, tokens)
-        except NotImplementedError as exc:
+        except (NotImplementedError, ContextLengthExceeded) as exc:  # e.g. prompt + continuation > max_input_len
             notes.append(f"teacher-forced metrics unavailable: {exc}")
             for r in results:
                 r.teacher_forced = None
