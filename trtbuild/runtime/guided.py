@@ -87,6 +87,24 @@ def to_trtllm_guided_decoding(guide: dict) -> dict:
     raise ValueError(f"unknown guide type {kind!r}")
 
 
+def trtllm_guided_sampling(params, vocab_size: int) -> dict:
+    """Extra tensorrt_llm.SamplingParams (1.2) keyword arguments for a request's guide and logit bias:
+    guided_decoding (GuidedDecodingParams) and embedding_bias (a float32 [vocab_size] tensor added to the
+    logits: TensorRT-LLM's name for a logit bias; sampling_params.py@a98a9061)."""
+    out: dict = {}
+    if params.guided is not None:
+        from tensorrt_llm.sampling_params import GuidedDecodingParams
+
+        out["guided_decoding"] = GuidedDecodingParams(**to_trtllm_guided_decoding(params.guided))
+    if params.logit_bias:
+        import torch
+
+        bias = torch.zeros(vocab_size, dtype=torch.float32)
+        bias[list(params.logit_bias)] = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32)
+        out["embedding_bias"] = bias
+    return out
+
+
 # --- the torch sampler's per-request mask ------------------------------------------------------------
 _llg_lock = threading.Lock()
 

@@ -110,7 +110,7 @@ def logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, floa
             token = int(key)
         except ValueError:
             token = -1
-        if not (0 <= token < vocab_size) or str(key).strip() != str(token):
+        if not 0 <= token < vocab_size:
             raise bad_request(f"logit_bias keys must be token ids in [0, {vocab_size}), got {str(key)[:40]!r}.",
                               param="logit_bias")
         if not -100 <= value <= 100:  # NaN fails this too
