@@ -8,7 +8,8 @@
 - "none": [TOOL_CALLS] is banned (logit bias -100), so the model answers in text.
 - "required" or {"type": "function", "function": {"name": ...}}: the output is constrained by a grammar to
   a JSON list of calls of the offered tools (of that one tool), each with arguments valid against the
-  tool's parameters schema; [TOOL_CALLS] may lead it. parallel_tool_calls false allows one call.
+  tool's parameters schema; [TOOL_CALLS] may lead it. A named function, or parallel_tool_calls false,
+  allows exactly one call.
 - Each call gets a fresh id of 9 alphanumerics (the only form Mistral v3 accepts back in a later turn);
   arguments are a JSON string, as OpenAI sends them.
 - Streaming: text before [TOOL_CALLS] streams as content; the calls are sent once parsed at the end, each
@@ -67,7 +68,7 @@ class ToolPlan:
                      "properties": {"name": {"const": t.function.name},
                                     "arguments": t.function.parameters or {"type": "object"}}} for t in tools]
         schema = {"type": "array", "minItems": 1, "items": variants[0] if len(variants) == 1 else {"anyOf": variants}}
-        if not self.parallel:
+        if not self.parallel or self.forced_name is not None:  # a named function: one call of it, as vLLM
             schema["maxItems"] = 1
         return {"type": "tool_calls", "schema": schema}
 
