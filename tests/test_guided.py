@@ -124,7 +124,8 @@ def test_parse_calls_accepts_mistral_output_and_rejects_the_rest():
     assert len(calls) == 1 and calls[0]["type"] == "function"
     assert calls[0]["id"].isalnum() and len(calls[0]["id"]) == 9  # the id form Mistral v3 accepts back
     assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
-    for bad in ('[{"name": "get_weather", "arguments": {"city": "Pa', "[]", '[{"arguments": {}}]', "Paris", '[{"name": "f", "arguments": 3}]'):
+    for bad in ('[{"name": "get_weather", "arguments": {"city": "Pa', "[]", '[{"arguments": {}}]', "Paris",
+                '[{"name": "f", "arguments": 3}]'):
         assert parse_calls(bad) is None, bad
 
 

@@ -63,7 +63,8 @@ def encode_sample(tokenizer, sample: dict) -> list[int]:
     prompt = tokenizer.encode_chat(messages, tools)
     if last.get("tool_calls"):  # what the model says: [TOOL_CALLS] [{"name": ..., "arguments": {...}}] </s>
         calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in last["tool_calls"]]
-        return prompt + [TOOL_CALLS_ID] + tokenizer.encode(json.dumps(calls, ensure_ascii=False), bos=False) + [tokenizer.eos_id]
+        call_ids = tokenizer.encode(json.dumps(calls, ensure_ascii=False), bos=False)
+        return prompt + [TOOL_CALLS_ID] + call_ids + [tokenizer.eos_id]
     return prompt + tokenizer.encode(last["content"].rstrip(), bos=False) + [tokenizer.eos_id]
 
 
@@ -85,7 +86,8 @@ def _parse(name: str, text: str, where: str | None = None) -> list[dict]:
             if "messages" not in sample:
                 samples.append({"text": sample["text"]})
             else:
-                samples.append({"messages": sample["messages"], **({"tools": sample["tools"]} if sample.get("tools") else {})})
+                tools = {"tools": sample["tools"]} if sample.get("tools") else {}
+                samples.append({"messages": sample["messages"], **tools})
         return samples
     blocks = text.split("\n\n") if "\n\n" in text.strip() else text.splitlines()
     return [{"text": block.strip("\n")} for block in blocks if block.strip()]

@@ -36,7 +36,7 @@ def response_format_guide(response_format: dict[str, Any] | None) -> dict | None
     elif kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise bad_request("response_format json_schema needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}.",
+            raise bad_request('response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}.',
                               param="response_format")
         schema = spec.get("schema", {"type": "object"})
         if not isinstance(schema, dict):
