@@ -165,3 +165,18 @@ def test_logit_bias_and_best_of_checks():
 
     picked = best_n([result([-1.0, -1.0]), result([-0.1]), result([-5.0]), result([-0.5])], per_prompt=4, n=2)
     assert [sum(r.logprobs) for r in picked] == [-0.1, -0.5]
+
+
+def test_the_sampler_applies_the_mask_on_the_greedy_path_too(tokenizer):
+    from trtbuild.runtime.guided import logits_mask
+    from trtbuild.runtime.sampling import SamplerState, sample_batch
+
+    params = SamplingParams(temperature=0, logit_bias={"7": 100}, logprobs=True)
+    state = SamplerState(params, [1], tokenizer.eos_id, mask=logits_mask(params, tokenizer))
+    plain = SamplerState(SamplingParams(temperature=0, logprobs=True), [1], tokenizer.eos_id)
+    assert plain.mask is None and logits_mask(plain.params, tokenizer) is None  # the fast path stays fast
+    logits = torch.zeros(2, 32)
+    logits[:, 3] = 5.0
+    (biased, lp, _), (unbiased, _, _) = sample_batch(logits, [state, plain])
+    assert (biased, unbiased) == (7, 3)
+    assert lp == pytest.approx(float(torch.log_softmax(logits[0], -1)[7]))  # logprobs of the raw model
