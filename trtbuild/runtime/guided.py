@@ -182,9 +182,9 @@ class LogitsMask:
             allowed = torch.from_numpy(bits[: row.numel()].astype(bool))
             if len(allowed) < row.numel():
                 allowed = torch.cat([allowed, torch.zeros(row.numel() - len(allowed), dtype=torch.bool)])
-            if not torch.isfinite(row[allowed]).any():  # penalties banned every allowed token: keep them all
-                row[allowed] = 0.0
             row.masked_fill_(~allowed, float("-inf"))
+            if row.max() == float("-inf"):  # penalties banned every token the grammar allows: allow them all
+                row.masked_fill_(allowed, 0.0)
         return row
 
     def advance(self, token_id: int) -> None:
