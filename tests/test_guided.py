@@ -180,3 +180,19 @@ def test_the_sampler_applies_the_mask_on_the_greedy_path_too(tokenizer):
     (biased, lp, _), (unbiased, _, _) = sample_batch(logits, [state, plain])
     assert (biased, unbiased) == (7, 3)
     assert lp == pytest.approx(float(torch.log_softmax(logits[0], -1)[7]))  # logprobs of the raw model
+
+
+def test_guided_json_and_nim_nvext_are_json_schema_guides():
+    from trtbuild.server.plan import RequestPlan
+
+    def plan(**body):
+        return RequestPlan(ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}],
+                                                                 **body}), 32768)
+
+    assert plan(nvext={"guided_json": CAPITAL}).guide == {"type": "json_schema", "schema": CAPITAL}
+    assert plan(guided_json=json.dumps(CAPITAL)).guide == {"type": "json_schema", "schema": CAPITAL}
+    for body, param in ((dict(guided_json="not json"), "guided_json"), (dict(nvext={"guided_json": {"type": "x"}}), "nvext"),
+                        (dict(guided_json=CAPITAL, response_format={"type": "json_object"}), "guided_json")):
+        with pytest.raises(APIError) as err:
+            plan(**body)
+        assert err.value.status == 400 and err.value.param == param

@@ -150,6 +150,10 @@ def test_json_schema_and_json_object_always_validate(server, client):
             max_tokens=200, response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
         assert reply.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    nim = chat(client, server, messages=[{"role": "user", "content": "Describe Paris."}], max_tokens=200,
+               extra_body={"nvext": {"guided_json": schema}}).choices[0]  # NIM's own field for the same guide
+    assert nim.finish_reason == "stop"
+    jsonschema.validate(json.loads(nim.message.content), schema)
     obj = chat(client, server, messages=[{"role": "user", "content": "Hello"}], max_tokens=120,
                response_format={"type": "json_object"}).choices[0]
     assert obj.finish_reason == "stop" and isinstance(json.loads(obj.message.content), dict)

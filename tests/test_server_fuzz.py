@@ -139,9 +139,11 @@ chat_body = bodies("messages", good_turns, st.one_of(st.lists(message, max_size=
                    {"logprobs": st.just(True), "top_logprobs": st.integers(0, 20),
                     "max_completion_tokens": st.integers(1, 4), "tools": st.lists(tool, max_size=2),
                     "tool_choice": tool_choice, "response_format": response_format,
-                    "parallel_tool_calls": st.booleans()},
+                    "parallel_tool_calls": st.booleans(), "nvext": st.just({"guided_json": SCHEMA}),
+                    "guided_json": st.just(SCHEMA)},
                    {"top_logprobs": st.one_of(st.integers(21, 99), junk), "tool_choice": st.one_of(st.text(max_size=5), junk),
-                    "response_format": bad_response_format, "tools": junk, "parallel_tool_calls": junk})
+                    "response_format": bad_response_format, "tools": junk, "parallel_tool_calls": junk,
+                    "nvext": st.one_of(st.just({"guided_json": {"type": "nope"}}), junk), "guided_json": junk})
 completion_body = bodies("prompt", st.one_of(st.text(max_size=30), st.lists(st.integers(0, 32767), min_size=1, max_size=6),
                                              st.lists(st.text(max_size=10), min_size=1, max_size=2)),
                          st.one_of(st.just("\ud800"), st.just([]), st.lists(st.integers(32768, 2**40), min_size=1, max_size=2),
@@ -183,7 +185,9 @@ def check(response, body, path: str = "/v1/completions") -> None:
                 assert calls and all(len(c["id"]) == 9 and json.loads(c["function"]["arguments"]) is not None
                                      for c in calls)
             fmt = body.get("response_format") if isinstance(body, dict) else None
-            if choice["finish_reason"] == "stop" and isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+            guided = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema") or \
+                isinstance(body, dict) and ("guided_json" in body or "nvext" in body)
+            if choice["finish_reason"] == "stop" and guided:
                 json.loads(choice["message"]["content"])  # a finished structured answer always parses
             # never a partial character at the cut; a U+FFFD inside is the model's own invalid byte sequence
             # (unseeded sampling can produce one), which every server shows as such

@@ -18,7 +18,7 @@ from trtbuild.server.echo import echo_choice, prompt_logprobs
 from trtbuild.server.errors import bad_request
 from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from trtbuild.server.render import Renderer
-from trtbuild.server.structured import check_schema, response_format_guide
+from trtbuild.server.structured import check_schema, guided_json_guide, response_format_guide
 from trtbuild.server.tools import ToolPlan, ToolRenderer
 
 
@@ -34,6 +34,13 @@ class RequestPlan:
         if isinstance(body, ChatCompletionRequest):
             self.tools = ToolPlan(body.tools, body.tool_choice, body.parallel_tool_calls)
             self.guide = response_format_guide(body.response_format)
+            for param, schema in (("guided_json", body.guided_json),
+                                  ("nvext", body.nvext.guided_json if body.nvext else None)):
+                extra = guided_json_guide(schema, param)
+                if extra is not None:
+                    if self.guide is not None:
+                        raise bad_request("Send one of response_format, guided_json, nvext.guided_json.", param=param)
+                    self.guide = extra
             tool_guide = self.tools.guide()
             if tool_guide is not None:
                 if self.guide is not None:

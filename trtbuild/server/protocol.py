@@ -60,6 +60,11 @@ class NamedToolChoice(Lenient):
     function: FunctionName
 
 
+class NvExt(Strict):
+    """NVIDIA NIM's extension object; its guided_json is structured output as response_format json_schema."""
+    guided_json: dict[str, Any] | str | None = None
+
+
 class FunctionDefinition(Lenient):
     name: str
     description: str | None = None
@@ -167,6 +172,8 @@ class ChatCompletionRequest(GenerationRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None  # vLLM's and NIM's name for a JSON-schema guide
+    nvext: NvExt | None = None
 
     def requested_max_tokens(self) -> int | None:
         # max_completion_tokens is OpenAI's newer name; it wins when both are sent.

@@ -4,6 +4,7 @@
     {"type": "json_object"}                            any JSON object
     {"type": "json_schema", "json_schema": {"name": "...", "schema": {...}, "strict": true}}
                                                        JSON valid against the schema
+    guided_json / nvext.guided_json (vLLM's and NIM's fields): a schema, as json_schema
 
 The schema is checked with llguidance before anything runs: a schema it cannot enforce (an unknown type,
 a dangling $ref, an unsupported keyword) is a 400 naming the problem, never an unconstrained answer.
@@ -50,6 +51,22 @@ def response_format_guide(response_format: dict[str, Any] | None) -> dict | None
         raise bad_request("response_format type must be one of text, json_object, json_schema.",
                           param="response_format")
     check_schema(guide, "response_format")
+    return guide
+
+
+def guided_json_guide(schema: dict[str, Any] | str | None, param: str) -> dict | None:
+    """vLLM's `guided_json` / NIM's `nvext.guided_json`: a JSON schema (or its JSON text)."""
+    if schema is None:
+        return None
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError:
+            schema = None
+    if not isinstance(schema, dict) or len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise bad_request(f"{param} must be a JSON schema object of at most {MAX_SCHEMA_BYTES} bytes.", param=param)
+    guide = {"type": "json_schema", "schema": schema}
+    check_schema(guide, param)
     return guide
 
 
