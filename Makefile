@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "lm-eval>=0.4.13,<0.5"  # its needed deps are in [dev] (pyproject.toml)
 	touch $@
 
 demo: setup

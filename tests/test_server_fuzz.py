@@ -66,6 +66,7 @@ VALID = {
     "ignore_eos": st.booleans(),
     "include_stop_str_in_output": st.booleans(),
     "user": st.text(max_size=10),
+    "logit_bias": st.dictionaries(st.integers(0, 32767).map(str), st.floats(-100, 100), max_size=3),
 }
 # ...and these anything from a bad value to junk: the server must answer 4xx, never 5xx.
 INVALID = {
@@ -81,7 +82,10 @@ INVALID = {
     "repetition_penalty": st.one_of(st.floats(-1, 0), st.floats(10.001, 1e9), junk),
     "min_tokens": st.one_of(st.integers(-5, -1), st.integers(100, 2**40), junk),
     "stream_options": st.one_of(st.fixed_dictionaries({"include_usage": st.booleans(), "x": st.just(1)}), junk),
-    "logit_bias": st.just({"1": 5}),
+    "logit_bias": st.one_of(st.dictionaries(st.sampled_from(["-1", "32768", "x", "1.5", ""]), st.floats(-1, 1), min_size=1,
+                                            max_size=2),
+                            st.dictionaries(st.integers(0, 9).map(str), st.one_of(st.floats(100.001, 1e9), st.just(math.nan)),
+                                            min_size=1, max_size=2), junk),
     "bogus_field": junk,
 }
 # max_tokens is always sent (a valid request without it may generate 500 tokens)
@@ -102,6 +106,15 @@ good_turns = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", 
     lambda ms: ms + [{"role": "user", "content": "and now?"}] if ms[-1]["role"] != "user" else ms)
 tool = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
     {"name": st.sampled_from(["f", "get_weather"])}, optional={"description": text, "parameters": st.just({"type": "object"})})})
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x", "y"]}}, "required": ["a"]}
+response_format = st.one_of(st.just({"type": "text"}), st.just({"type": "json_object"}),
+                            st.just({"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}))
+bad_response_format = st.one_of(st.just({"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "nope"}}}),
+                                st.just({"type": "json_schema", "json_schema": {"schema": SCHEMA}}),
+                                st.fixed_dictionaries({"type": st.one_of(st.text(max_size=6), junk)}), junk)
+tool_choice = st.one_of(st.sampled_from(["auto", "none", "required"]),
+                        st.fixed_dictionaries({"type": st.just("function"),
+                                               "function": st.fixed_dictionaries({"name": st.sampled_from(["f", "g"])})}))
 
 
 @st.composite
@@ -125,16 +138,19 @@ def bodies(draw, prompt_field: str, good_prompt, bad_prompt, extra_valid: dict, 
 chat_body = bodies("messages", good_turns, st.one_of(st.lists(message, max_size=4), junk),
                    {"logprobs": st.just(True), "top_logprobs": st.integers(0, 20),
                     "max_completion_tokens": st.integers(1, 4), "tools": st.lists(tool, max_size=2),
-                    "tool_choice": st.sampled_from(["auto", "none"]), "response_format": st.just({"type": "text"})},
-                   {"top_logprobs": st.one_of(st.integers(21, 99), junk), "tool_choice": st.just("required"),
-                    "response_format": st.just({"type": "json_object"}), "tools": junk})
+                    "tool_choice": tool_choice, "response_format": response_format,
+                    "parallel_tool_calls": st.booleans(), "nvext": st.just({"guided_json": SCHEMA}),
+                    "guided_json": st.just(SCHEMA)},
+                   {"top_logprobs": st.one_of(st.integers(21, 99), junk), "tool_choice": st.one_of(st.text(max_size=5), junk),
+                    "response_format": bad_response_format, "tools": junk, "parallel_tool_calls": junk,
+                    "nvext": st.one_of(st.just({"guided_json": {"type": "nope"}}), junk), "guided_json": junk})
 completion_body = bodies("prompt", st.one_of(st.text(max_size=30), st.lists(st.integers(0, 32767), min_size=1, max_size=6),
                                              st.lists(st.text(max_size=10), min_size=1, max_size=2)),
                          st.one_of(st.just("\ud800"), st.just([]), st.lists(st.integers(32768, 2**40), min_size=1, max_size=2),
                                    st.lists(token_ids, max_size=2).filter(lambda v: any(not p for p in v) or not v), junk),
-                         {"logprobs": st.integers(0, 20)},
-                         {"logprobs": st.one_of(st.integers(21, 99), junk), "echo": st.just(True), "best_of": st.just(2),
-                          "suffix": st.just("x")})
+                         {"logprobs": st.integers(0, 20), "echo": st.booleans(), "best_of": st.integers(1, 4)},
+                         {"logprobs": st.one_of(st.integers(21, 99), junk), "echo": junk, "best_of": st.one_of(
+                             st.integers(-1, 0), st.just(129), junk), "suffix": st.just("x")})
 
 
 def check(response, body, path: str = "/v1/completions") -> None:
@@ -163,7 +179,16 @@ def check(response, body, path: str = "/v1/completions") -> None:
         assert data["choices"] and data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + \
             data["usage"]["completion_tokens"]
         for choice in data["choices"]:
-            assert choice["finish_reason"] in ("stop", "length")
+            assert choice["finish_reason"] in ("stop", "length", "tool_calls")
+            if choice["finish_reason"] == "tool_calls":
+                calls = choice["message"]["tool_calls"]
+                assert calls and all(len(c["id"]) == 9 and json.loads(c["function"]["arguments"]) is not None
+                                     for c in calls)
+            fmt = body.get("response_format") if isinstance(body, dict) else None
+            guided = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema") or \
+                isinstance(body, dict) and ("guided_json" in body or "nvext" in body)
+            if choice["finish_reason"] == "stop" and guided:
+                json.loads(choice["message"]["content"])  # a finished structured answer always parses
             # never a partial character at the cut; a U+FFFD inside is the model's own invalid byte sequence
             # (unseeded sampling can produce one), which every server shows as such
             if choice["finish_reason"] == "length":

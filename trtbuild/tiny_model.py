@@ -65,13 +65,14 @@ class TinyRecipe:
 
 
 def cache_key(recipe: TinyRecipe) -> str:
-    from trtbuild.data import corpus_hash
+    from trtbuild.data import corpus_hash, encode_sample
 
     versions = library_versions()
     # The training code too: a change to it changes the weights even when the recipe stays the same
     # (only the code that makes the weights: editing measure_quality must not rebuild every engine).
-    code = hashlib.sha256("".join(inspect.getsource(f) for f in (mistral_config, create_tiny_model, _train))
-                          .encode()).hexdigest()
+    # encode_sample turns the corpus into token ids (tools and tool calls included): it is training code.
+    makers = (mistral_config, create_tiny_model, _train, encode_sample)
+    code = hashlib.sha256("".join(inspect.getsource(f) for f in makers).encode()).hexdigest()
     return canonical_hash({"recipe": recipe.to_dict(), "corpus": corpus_hash(), "code": code,
                            "torch": versions["torch"], "transformers": versions["transformers"]})[:16]
 

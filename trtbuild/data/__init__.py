@@ -4,7 +4,9 @@ The corpus (chat.jsonl: Mistral v3 chat exchanges; text.txt: plain paragraphs, c
 languages) trains the embedded tiny model at creation time and is the default ("builtin") calibration
 set for FP8 quantization. The same readers take a user's own .txt / .jsonl calibration file.
 
-A sample is a dict: {"text": str} or {"messages": [{"role": ..., "content": ...}, ...]}.
+A sample is a dict: {"text": str} or {"messages": [{"role": ..., "content": ...}, ...]}, optionally with
+"tools" (OpenAI function definitions, encoded as [AVAILABLE_TOOLS]); a final assistant message may hold
+"tool_calls" instead of content (encoded as [TOOL_CALLS] JSON, the way Mistral-7B-Instruct-v0.3 calls tools).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from trtbuild.errors import TrtbuildError
 
 CORPUS_FILES = ("chat.jsonl", "text.txt")
+TOOL_CALLS_ID = 5  # the v3 control token [TOOL_CALLS]
 
 
 def corpus_samples() -> list[dict]:
@@ -53,11 +56,16 @@ def encode_sample(tokenizer, sample: dict) -> list[int]:
     format, its final assistant reply appended with EOS (as Mistral trained it)."""
     if "messages" not in sample:
         return tokenizer.encode(sample["text"], bos=True)
-    messages = list(sample["messages"])
+    messages, tools = list(sample["messages"]), sample.get("tools")
     if messages[-1].get("role") != "assistant":
-        return tokenizer.encode_chat(messages)
-    reply = messages.pop()["content"].rstrip()
-    return tokenizer.encode_chat(messages) + tokenizer.encode(reply, bos=False) + [tokenizer.eos_id]
+        return tokenizer.encode_chat(messages, tools)
+    last = messages.pop()
+    prompt = tokenizer.encode_chat(messages, tools)
+    if last.get("tool_calls"):  # what the model says: [TOOL_CALLS] [{"name": ..., "arguments": {...}}] </s>
+        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in last["tool_calls"]]
+        call_ids = tokenizer.encode(json.dumps(calls, ensure_ascii=False), bos=False)
+        return prompt + [TOOL_CALLS_ID] + call_ids + [tokenizer.eos_id]
+    return prompt + tokenizer.encode(last["content"].rstrip(), bos=False) + [tokenizer.eos_id]
 
 
 def _parse(name: str, text: str, where: str | None = None) -> list[dict]:
@@ -75,7 +83,11 @@ def _parse(name: str, text: str, where: str | None = None) -> list[dict]:
             if not (isinstance(sample, dict) and (isinstance(sample.get("text"), str) or
                                                   isinstance(sample.get("messages"), list))):
                 raise TrtbuildError(f'{where}:{number}: expected {{"text": "..."}} or {{"messages": [...]}}')
-            samples.append({"messages": sample["messages"]} if "messages" in sample else {"text": sample["text"]})
+            if "messages" not in sample:
+                samples.append({"text": sample["text"]})
+            else:
+                tools = {"tools": sample["tools"]} if sample.get("tools") else {}
+                samples.append({"messages": sample["messages"], **tools})
         return samples
     blocks = text.split("\n\n") if "\n\n" in text.strip() else text.splitlines()
     return [{"text": block.strip("\n")} for block in blocks if block.strip()]

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from trtbuild.runtime.interface import Engine, EngineInfo, RequestStream, SamplingParams
+from trtbuild.runtime.guided import logits_mask
 from trtbuild.runtime.sampling import SamplerState, sample_batch
 from trtbuild.tokenizer import Tokenizer
 
@@ -82,7 +83,8 @@ class HFReferenceEngine(Engine):
     @torch.inference_mode()
     def _run(self, stream: RequestStream) -> None:
         stream.mark_scheduled()
-        state = SamplerState(stream.params, stream.prompt_token_ids, self.tokenizer.eos_id)
+        state = SamplerState(stream.params, stream.prompt_token_ids, self.tokenizer.eos_id,
+                             mask=logits_mask(stream.params, self.tokenizer))
         ids = torch.tensor([stream.prompt_token_ids], device=self.device)
         out = self.model(ids, use_cache=True)
         while True:

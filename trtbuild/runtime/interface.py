@@ -59,6 +59,11 @@ class SamplingParams(JSONMixin):
     ignore_eos: bool = False
     logprobs: bool = False  # logprob of each generated token
     top_logprobs: int = 0  # and the k most likely alternatives at each position
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI)
+    guided: dict | None = None  # a grammar the output must follow (trtbuild.runtime.guided)
+
+    def __post_init__(self):
+        self.logit_bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}  # JSON keys are strings
 
     @property
     def greedy(self) -> bool:
@@ -78,6 +83,9 @@ class SamplingParams(JSONMixin):
             ("top_logprobs", 0 <= self.top_logprobs <= 20, "must be in [0, 20]"),
             ("stop", len(self.stop) <= 16 and all(isinstance(s, str) and s for s in self.stop),
              "must be at most 16 non-empty strings"),
+            ("logit_bias", all(-100 <= v <= 100 for v in self.logit_bias.values()), "values must be in [-100, 100]"),
+            ("guided", self.guided is None or self.guided.get("type") in ("json_object", "json_schema", "tool_calls"),
+             "must be a json_object, json_schema or tool_calls guide"),
         ]
         for name, ok, why in rules:
             if not ok:

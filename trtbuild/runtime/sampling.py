@@ -25,6 +25,8 @@ class SamplerState:
     generator: torch.Generator = field(init=False)
     counts: dict[int, int] = field(default_factory=dict)  # generated token -> times seen
     generated: int = 0
+    # logit bias and grammar (trtbuild.runtime.guided.LogitsMask): apply(row) before sampling, advance(token)
+    mask: object | None = None
 
     def __post_init__(self):
         self.generator = torch.Generator()
@@ -34,12 +36,14 @@ class SamplerState:
     @property
     def needs_row_path(self) -> bool:
         p = self.params
-        return (not p.greedy or p.frequency_penalty != 0 or p.presence_penalty != 0
+        return (self.mask is not None or not p.greedy or p.frequency_penalty != 0 or p.presence_penalty != 0
                 or p.repetition_penalty != 1 or self.generated < p.min_tokens)
 
     def record(self, token_id: int) -> None:
         self.counts[token_id] = self.counts.get(token_id, 0) + 1
         self.generated += 1
+        if self.mask is not None:
+            self.mask.advance(token_id)
 
 
 def apply_penalties(row: torch.Tensor, state: SamplerState) -> torch.Tensor:
@@ -60,6 +64,8 @@ def apply_penalties(row: torch.Tensor, state: SamplerState) -> torch.Tensor:
 def sample_row(row: torch.Tensor, state: SamplerState) -> int:
     p = state.params
     penalized = apply_penalties(row.clone(), state)
+    if state.mask is not None:  # logit bias and the grammar: the one hook on a request's logits row
+        state.mask.apply(penalized)
     if p.greedy:
         return int(torch.argmax(penalized))
     row = penalized / p.temperature

@@ -38,6 +38,7 @@ from trtbuild.manifest import Manifest, verify_engine
 from trtbuild.runtime.fp8 import FP8, install_fp8_linears, kv_cache_scales, round_fp8
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
                                         SamplingParams)
+from trtbuild.runtime.guided import logits_mask
 from trtbuild.runtime.sampling import SamplerState, sample_batch
 from trtbuild.tokenizer import Tokenizer
 
@@ -232,7 +233,9 @@ class TorchEngine(Engine):
         stream = self.new_stream(prompt_ids, params, request_id, on_cancel=self._wake)
         with self._cv:
             self._check_alive()
-            self._waiting.append(_Request(stream, SamplerState(params, list(prompt_ids), self.tokenizer.eos_id)))
+            sampler = SamplerState(params, list(prompt_ids), self.tokenizer.eos_id,
+                                   mask=logits_mask(params, self.tokenizer))
+            self._waiting.append(_Request(stream, sampler))
             self._cv.notify()
         return stream
 

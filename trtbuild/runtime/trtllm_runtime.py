@@ -29,6 +29,7 @@ from typing import Sequence
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, verify_engine
+from trtbuild.runtime.guided import trtllm_guided_sampling
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
                                         SamplingParams)
 from trtbuild.tokenizer import Tokenizer
@@ -186,9 +187,13 @@ class TrtllmEngine(Engine):
         if (params.logprobs or params.top_logprobs) and not self._gathers_logits:
             raise ValueError(f"logprobs need an engine built with gather_generation_logits = true; "
                              f"{self.info.name} was not")
+        if params.guided is not None and getattr(self.llm.args, "guided_decoding_backend", None) is None:
+            raise ValueError(f"structured output needs an LLM loaded with guided_decoding_backend='xgrammar'; "
+                             f"{self.info.name} was not (trtbuild.runtime.guided)")
         stream = self.new_stream(prompt_ids, params, request_id, on_cancel=self._cancel)
         room = self.info.max_seq_len - len(stream.prompt_token_ids)
-        sampling = self._SamplingParams(**to_trtllm_sampling_params(params, self.tokenizer.eos_id, room))
+        sampling = self._SamplingParams(**to_trtllm_sampling_params(params, self.tokenizer.eos_id, room),
+                                        **trtllm_guided_sampling(params, self.info.vocab_size))  # runtime.guided
         self._streams[stream.request_id] = stream
         self._tasks[stream.request_id] = asyncio.run_coroutine_threadsafe(self._run(stream, sampling), self._loop)
         return stream

@@ -5,7 +5,8 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)                     # `trtbuild serve` does this
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics,
-POST /tokenize, POST /detokenize, GET /version. See serve/README.md for the behaviour clients can rely on.
+POST /tokenize, POST /detokenize, GET /tokenizer_info, GET /version. See serve/README.md for the
+behaviour clients can rely on.
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
         else:
             tokens = encode_text(engine.tokenizer, body.prompt, bos=body.add_special_tokens is not False)
         return json_response({"tokens": tokens, "count": len(tokens), "max_model_len": engine.info.max_seq_len})
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> Response:  # vLLM's route; lm-evaluation-harness's "remote" tokenizer reads it
+        engine = state.ready()
+        tok = engine.tokenizer
+        return json_response({"tokenizer_class": "mistral-common v3 (SentencePiece)",
+                              "vocab_size": engine.info.vocab_size, "bos_token": tok.id_to_piece(tok.bos_id),
+                              "eos_token": tok.id_to_piece(tok.eos_id), "pad_token": None,
+                              "model_max_length": engine.info.max_seq_len})
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> Response:

@@ -24,6 +24,7 @@ from trtbuild.server.errors import bad_request, engine_failure, json_response, u
 from trtbuild.server.middleware import AccessRecord
 from trtbuild.server.prompts import encode_chat, encode_text
 from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from trtbuild.server.plan import RequestPlan
 from trtbuild.server.render import DONE, Renderer, sse
 from trtbuild.server.state import ServerState
 
@@ -37,8 +38,9 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
     body.check()
     chat = isinstance(body, ChatCompletionRequest)
     param = "messages" if chat else "prompt"
+    plan = RequestPlan(body, engine.info.vocab_size)  # tools, response_format, logit_bias, echo, best_of
     prompts = prompt_ids(state, body)
-    n = body.n or 1
+    n = plan.sequences
     if len(prompts) * n > state.capacity:
         raise bad_request(f"This request asks for {len(prompts) * n} sequences (prompts x n); the server runs at "
                           f"most {state.capacity} at once (max batch size + --max-queue).", param="n")
@@ -46,12 +48,15 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
     for p, prompt in enumerate(prompts):
         for c in range(n):
             try:
-                jobs.append((prompt, body.sampling_params(len(prompt), engine.info, choice=p * n + c)))
+                jobs.append((prompt, plan.adjust(body.sampling_params(len(prompt), engine.info, choice=p * n + c))))
             except ContextLengthExceeded as exc:
                 raise bad_request(str(exc), param=param, code="context_length_exceeded") from None
-    renderer = Renderer(chat, state.model_name, state.token_texts, body.logprob_settings()[0], body.include_usage)
-    streams = state.submit(engine, jobs, renderer.id, param)
+    renderer = plan.renderer(chat, state.model_name, state.token_texts, body.logprob_settings()[0],
+                             body.include_usage)
     prompt_tokens = sum(len(p) for p in prompts)
+    if plan.echo_only:
+        return json_response(await plan.response(engine, renderer, prompts, [], prompt_tokens))
+    streams = state.submit(engine, jobs, renderer.id, param)
     record = request.scope.get("trtbuild") or AccessRecord(renderer.id)
     if body.stream:
         events = sse_events(state, renderer, streams, prompt_tokens, body.include_usage)
@@ -64,7 +69,7 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
         return Response(status_code=499)
     for result in results:
         check_result(state, result)
-    return json_response(renderer.response(results, prompt_tokens))
+    return json_response(await plan.response(engine, renderer, prompts, results, prompt_tokens))
 
 
 def prompt_ids(state: ServerState, body: GenerationRequest) -> list[list[int]]:

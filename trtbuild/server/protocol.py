@@ -6,8 +6,8 @@ stream_options needs stream).
 
 Unknown top-level fields are rejected with 400 "Unrecognized request argument supplied: X" (OpenAI's and
 trtllm-serve's behaviour): a typo such as `max_token` must not silently run with defaults. Fields OpenAI
-defines that change nothing at their neutral value (logit_bias {}, response_format text, tool_choice
-auto/none, echo false...) are accepted at that value only. Inside a message, unknown fields are
+defines that change nothing at their neutral value (suffix "") are accepted at that value only.
+Tools, response_format, logit_bias, echo and best_of are checked and applied by server.plan. Inside a message, unknown fields are
 ignored, because clients echo back whole response messages (refusal, annotations, audio: null).
 """
 
@@ -49,6 +49,20 @@ class ToolCall(Lenient):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
+
+
+class FunctionName(Lenient):
+    name: str
+
+
+class NamedToolChoice(Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+class NvExt(Strict):
+    """NVIDIA NIM's extension object; its guided_json is structured output as response_format json_schema."""
+    guided_json: dict[str, Any] | str | None = None
 
 
 class FunctionDefinition(Lenient):
@@ -115,8 +129,8 @@ class GenerationRequest(Strict):
         """Request-level rules (beyond one field's type or range)."""
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options is only allowed when stream is true.", param="stream_options")
-        if self.logit_bias:
-            raise bad_request("logit_bias is not supported by this server.", param="logit_bias")
+        if self.logit_bias is not None and len(self.logit_bias) > 1024:
+            raise bad_request("logit_bias may hold at most 1024 tokens.", param="logit_bias")
 
     def sampling_params(self, prompt_len: int, info: EngineInfo, choice: int = 0) -> SamplingParams:
         """SamplingParams of one choice; raises APIError 400 (bad range) or ContextLengthExceeded."""
@@ -155,9 +169,11 @@ class ChatCompletionRequest(GenerationRequest):
     logprobs: bool | None = False
     top_logprobs: int | None = None
     tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto"] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None  # vLLM's and NIM's name for a JSON-schema guide
+    nvext: NvExt | None = None
 
     def requested_max_tokens(self) -> int | None:
         # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
@@ -170,25 +186,26 @@ class ChatCompletionRequest(GenerationRequest):
         super().check()
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true.", param="top_logprobs")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise bad_request("Only response_format {\"type\": \"text\"} is supported.", param="response_format")
 
 
 class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)  # OpenAI's legacy API allows at most 5; vLLM 20
     echo: bool | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=128)
     suffix: str | None = None
 
     def logprob_settings(self) -> tuple[bool, int]:
         return self.logprobs is not None, self.logprobs or 0
 
+    def requested_max_tokens(self) -> int | None:
+        # echo with max_tokens 0 scores the prompt only (server.echo); 1 stands in for the range checks
+        return 1 if self.echo and self.max_tokens == 0 else self.max_tokens
+
     def check(self) -> None:
         super().check()
-        for name, neutral in (("echo", (None, False)), ("best_of", (None, 1)), ("suffix", (None, ""))):
-            if getattr(self, name) not in neutral:
-                raise bad_request(f"{name} is not supported by this server.", param=name)
+        if self.suffix not in (None, ""):
+            raise bad_request("suffix is not supported by this server.", param="suffix")
 
     def prompts(self) -> list[str | list[int]]:
         """One prompt or a batch of them: each a string or a list of token ids."""
