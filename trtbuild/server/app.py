@@ -20,8 +20,10 @@ from trtbuild import __version__
 from trtbuild.runtime.interface import Engine
 from trtbuild.server.errors import bad_request, install_error_handlers, json_response, unavailable
 from trtbuild.server.generate import generate
+from trtbuild.server.guards import OFFLOAD_CHARS, off_loop
 from trtbuild.server.metrics import CONTENT_TYPE
 from trtbuild.server.middleware import ServerMiddleware
+from trtbuild.server.openapi import describe_api
 from trtbuild.server.prompts import encode_chat, encode_text
 from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from trtbuild.server.state import ServerSettings, ServerState
@@ -42,7 +44,8 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
                   description="OpenAI-compatible endpoints for one engine built by trtbuild.")
     app.state.server = state
     install_error_handlers(app)
-    app.add_middleware(ServerMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ServerMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                       body_timeout=settings.limits.header_timeout, full=state.full)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -61,7 +64,7 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
                              "precision": engine.info.precision}}
         return json_response({"object": "list", "data": [card]})
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: probes that only look at the status
     async def health() -> Response:
         status, why = state.health
         if status != 200:
@@ -86,10 +89,11 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
         state.check_model(body.model)
         if (body.prompt is None) == (body.messages is None):
             raise bad_request("Send exactly one of prompt or messages.", param="prompt")
-        if body.messages is not None:
-            tokens = encode_chat(engine.tokenizer, body.messages, body.tools)
+        if body.messages is not None:  # large inputs are tokenized off the event loop
+            tokens = await off_loop(OFFLOAD_CHARS, encode_chat, engine.tokenizer, body.messages, body.tools)
         else:
-            tokens = encode_text(engine.tokenizer, body.prompt, bos=body.add_special_tokens is not False)
+            tokens = await off_loop(len(body.prompt), encode_text, engine.tokenizer, body.prompt,
+                                    body.add_special_tokens is not False)
         return json_response({"tokens": tokens, "count": len(tokens), "max_model_len": engine.info.max_seq_len})
 
     @app.post("/detokenize")
@@ -102,4 +106,5 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
                               param="tokens")
         return json_response({"prompt": engine.tokenizer.decode(body.tokens)})
 
+    describe_api(app)
     return app
