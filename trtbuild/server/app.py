@@ -89,12 +89,14 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
         state.check_model(body.model)
         if (body.prompt is None) == (body.messages is None):
             raise bad_request("Send exactly one of prompt or messages.", param="prompt")
-        if body.messages is not None:  # large inputs are tokenized off the event loop
-            tokens = await off_loop(OFFLOAD_CHARS, encode_chat, engine.tokenizer, body.messages, body.tools)
-        else:
-            tokens = await off_loop(len(body.prompt), encode_text, engine.tokenizer, body.prompt,
-                                    body.add_special_tokens is not False)
-        return json_response({"tokens": tokens, "count": len(tokens), "max_model_len": engine.info.max_seq_len})
+        def answer() -> Response:  # tokens and their JSON: both large for a large input, so off the loop
+            if body.messages is not None:
+                tokens = encode_chat(engine.tokenizer, body.messages, body.tools)
+            else:
+                tokens = encode_text(engine.tokenizer, body.prompt, bos=body.add_special_tokens is not False)
+            return json_response({"tokens": tokens, "count": len(tokens), "max_model_len": engine.info.max_seq_len})
+
+        return await off_loop(OFFLOAD_CHARS if body.messages is not None else len(body.prompt), answer)
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> Response:

@@ -33,6 +33,7 @@ from trtbuild.server.errors import APIError
 log = logging.getLogger("trtbuild.server")
 
 LINGER_S = 2.0  # after a protocol-level error, keep reading (and discarding) this long so the client sees our answer
+LINGER_BYTES = 1024 * 1024  # ... or until this much more arrived: then reset (a client still sending is not listening)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def protocol_class(limits: ConnectionLimits, metrics: ConnectionMetrics) -> type
             if limits.send_buffer_bytes and sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.send_buffer_bytes)
             self._in_head, self._head_bytes, self._tail = True, 0, b""
-            self._discarding = False
+            self._discarding, self._discarded = False, 0
             self._write_timer = self._header_timer = None
             self._write_mark = 0
             # Any byte left unsent after a write pauses the app's writes (uvicorn's flow control) and
@@ -115,6 +116,9 @@ def protocol_class(limits: ConnectionLimits, metrics: ConnectionMetrics) -> type
         # --- request head: size cap and timeout ---------------------------------------------------
         def data_received(self, data: bytes) -> None:
             if self._discarding:
+                self._discarded += len(data)
+                if self._discarded > LINGER_BYTES:
+                    self.transport.abort()
                 return
             if self._in_head:
                 view = self._tail + data
