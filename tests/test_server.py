@@ -259,7 +259,7 @@ def test_400_context_length_exceeded(server, client, tokenizer, limits):
     with pytest.raises(openai.BadRequestError) as err:  # the prompt alone is too long
         client.completions.create(model=server.model, prompt="hello " * 600, max_tokens=1)
     prompt_tokens = len(tokenizer.encode("hello " * 600))
-    assert err.value.code == "context_length_exceeded" and f"({prompt_tokens} in the messages" in err.value.message
+    assert err.value.code == "context_length_exceeded" and f"({prompt_tokens} in the prompt" in err.value.message
 
 
 @pytest.mark.parametrize("field,value", [("temperature", 2.5), ("top_p", 0), ("top_p", 1.5),
