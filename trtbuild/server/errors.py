@@ -100,6 +100,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         message, param = validation_message(exc)
+        record = request.scope.get("trtbuild")
+        if record is not None:
+            record.error = message  # clipped like every message that quotes the request
         return bad_request(message, param).response()
 
     @app.exception_handler(StarletteHTTPException)
