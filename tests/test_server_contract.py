@@ -230,6 +230,6 @@ def test_schemathesis_finds_no_mismatch(server):
     """A share of bench/fuzz_openapi.py's 1,000-request run (notes: serve/README.md)."""
     stats = fuzz_openapi.fuzz(server.url, API_KEY, requests=120)
     print(f"schemathesis: {stats['requests']} requests in {stats['seconds']} s, statuses {stats['statuses']}")
-    assert stats["requests"] >= 100
+    assert stats["requests"] >= 100  # 120 asked, spread over the operations that take input (a few fewer when one runs out)
     assert stats["server_errors"] == 0 and stats["failures"] == [], stats["failures"][:3]
     assert stats["statuses"].get(200, 0) > 0 and stats["statuses"].get(400, 0) > 0
