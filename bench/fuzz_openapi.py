@@ -79,7 +79,7 @@ def fuzz(url: str, api_key: str | None, requests: int, seed: int = 0) -> dict:
             stats["server_errors"] += response.status_code >= 500
             try:
                 case.validate_response(response, checks=checks, headers=headers)
-            except Exception as exc:  # noqa: BLE001 - every failed check is collected and reported
+            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - every failed check is collected
                 stats["failures"].append({"operation": f"{operation.method.upper()} {operation.path}",
                                           "mode": str(mode), "status": response.status_code,
                                           "body": str(case.body)[:300], "failure": str(exc)[:600]})

@@ -64,12 +64,15 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
                              "precision": engine.info.precision}}
         return json_response({"object": "list", "data": [card]})
 
-    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: probes that only look at the status
+    @app.get("/health")
     async def health() -> Response:
         status, why = state.health
         if status != 200:
             return unavailable(f"Not ready: {why}.").response()
         return json_response({"status": "ok"})
+
+    # HEAD: probes that only look at the status (uvicorn sends no body for HEAD)
+    app.add_api_route("/health", health, methods=["HEAD"], operation_id="health_head")
 
     @app.get("/metrics")
     async def metrics() -> Response:
