@@ -200,7 +200,9 @@ def test_logprobs_chat_and_completions(server, client):
     reply = client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=8, temperature=0,
                                            logprobs=True, top_logprobs=3)
     content = reply.choices[0].logprobs.content
-    assert len(content) == reply.usage.completion_tokens
+    assert "".join(item.token for item in content) == reply.choices[0].message.content
+    # a "stop" here is EOS: a control token, not in the text, so not listed (issue 12)
+    assert len(content) == reply.usage.completion_tokens - (reply.choices[0].finish_reason == "stop")
     for item in content:  # greedy: the chosen token is the most likely one
         assert len(item.top_logprobs) == 3 and item.logprob <= 0
         assert (item.token, item.logprob) == (item.top_logprobs[0].token, item.top_logprobs[0].logprob)
@@ -210,7 +212,9 @@ def test_logprobs_chat_and_completions(server, client):
         [i.token for i in content]
     text = client.completions.create(model=server.model, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2)
     lp = text.choices[0].logprobs
-    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == text.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == \
+        text.usage.completion_tokens - (text.choices[0].finish_reason == "stop")
+    assert "".join(lp.tokens) == text.choices[0].text
     assert all(1 <= len(top) <= 2 for top in lp.top_logprobs)
 
 
@@ -259,7 +263,7 @@ def test_400_context_length_exceeded(server, client, tokenizer, limits):
     with pytest.raises(openai.BadRequestError) as err:  # the prompt alone is too long
         client.completions.create(model=server.model, prompt="hello " * 600, max_tokens=1)
     prompt_tokens = len(tokenizer.encode("hello " * 600))
-    assert err.value.code == "context_length_exceeded" and f"({prompt_tokens} in the messages" in err.value.message
+    assert err.value.code == "context_length_exceeded" and f"({prompt_tokens} in the prompt" in err.value.message
 
 
 @pytest.mark.parametrize("field,value", [("temperature", 2.5), ("top_p", 0), ("top_p", 1.5),

@@ -28,3 +28,13 @@ class RegressionDetected(TrtbuildError):
     """A benchmark run regressed against its baseline beyond the tolerance."""
 
     exit_code = 4
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters for a message or a log line, saying how much was left out: errors
+    quote what a client or a config file sent, and that can be megabytes. Non-strings are repr()'d."""
+    if not isinstance(text, str):
+        text = repr(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"

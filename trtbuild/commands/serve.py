@@ -31,6 +31,23 @@ DEFAULT_BODY_BYTES = 2 * 1024 * 1024
                                       "requests past that get 429 with Retry-After.")
 @click.option("--max-body-bytes", envvar="TRTBUILD_MAX_BODY_BYTES", type=click.IntRange(min=1024),
               default=DEFAULT_BODY_BYTES, show_default=True, help="Larger request bodies get 413.")
+@click.option("--max-header-bytes", envvar="TRTBUILD_MAX_HEADER_BYTES", type=click.IntRange(min=1024),
+              default=32 * 1024, show_default=True,
+              help="Cap on a request's line + headers (nginx: 4 x 8 KB); larger heads get 431.")
+@click.option("--header-timeout", envvar="TRTBUILD_HEADER_TIMEOUT", type=click.FloatRange(min=0.1), default=60.0,
+              show_default=True, help="Seconds a client has to send a request's headers (and between two pieces "
+                                      "of its body) before 408 and a close (nginx: client_header_timeout).")
+@click.option("--keep-alive-timeout", envvar="TRTBUILD_KEEP_ALIVE_TIMEOUT", type=click.FloatRange(min=0.1),
+              default=5.0, show_default=True, help="Idle keep-alive connections are closed after this many "
+                                                   "seconds (behind a load balancer: more than its idle timeout).")
+@click.option("--write-timeout", envvar="TRTBUILD_WRITE_TIMEOUT", type=click.FloatRange(min=0.1), default=60.0,
+              show_default=True, help="A response the client does not read for this many seconds is dropped "
+                                      "(counted in /metrics; nginx: send_timeout).")
+@click.option("--max-connections", envvar="TRTBUILD_MAX_CONNECTIONS", type=click.IntRange(min=1), default=1024,
+              show_default=True, help="Open connections past this get 503 too_many_connections and are closed.")
+@click.option("--send-buffer-bytes", envvar="TRTBUILD_SEND_BUFFER_BYTES", type=click.IntRange(min=0),
+              default=256 * 1024, show_default=True, help="Kernel send buffer per connection: what a client "
+              "that stops reading can pin (0: the OS's autotuning, up to net.ipv4.tcp_wmem's maximum).")
 @click.option("--shutdown-timeout", envvar="TRTBUILD_SHUTDOWN_TIMEOUT", type=click.FloatRange(min=0),
               default=10.0, show_default=True,
               help="On SIGTERM/Ctrl-C, seconds in-flight requests get to finish before they are cancelled.")
@@ -38,8 +55,9 @@ DEFAULT_BODY_BYTES = 2 * 1024 * 1024
               show_default=True, help="info includes one JSON access-log line per request on stderr.")
 @json_option
 @click.pass_obj
-def serve_cmd(ws, engine, host, port, api_key, served_model_name, max_queue, max_body_bytes, shutdown_timeout,
-              log_level, as_json):
+def serve_cmd(ws, engine, host, port, api_key, served_model_name, max_queue, max_body_bytes, max_header_bytes,
+              header_timeout, keep_alive_timeout, write_timeout, max_connections, send_buffer_bytes, shutdown_timeout, log_level,
+              as_json):
     """Serve ENGINE (a path, variant name or key prefix) with an OpenAI-compatible API.
 
     \b
@@ -53,13 +71,17 @@ def serve_cmd(ws, engine, host, port, api_key, served_model_name, max_queue, max
     """
     from trtbuild.errors import TrtbuildError
     from trtbuild.server import ServerSettings, create_app
+    from trtbuild.server.limits import ConnectionLimits, protocol_class, raise_open_file_limit
 
     engine_dir = ws.resolve_engine(engine)
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{_url_host(bound_host)}:{bound_port}"
+    limits = ConnectionLimits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
+                              keep_alive_timeout=keep_alive_timeout, write_timeout=write_timeout,
+                              max_connections=max_connections, send_buffer_bytes=send_buffer_bytes)
     settings = ServerSettings(served_model_name=served_model_name, api_key=api_key, max_queue=max_queue,
-                              max_body_bytes=max_body_bytes, shutdown_timeout=shutdown_timeout)
+                              max_body_bytes=max_body_bytes, shutdown_timeout=shutdown_timeout, limits=limits)
     load_errors: list[Exception] = []
 
     def load():
@@ -73,8 +95,12 @@ def serve_cmd(ws, engine, host, port, api_key, served_model_name, max_queue, max
 
     app = create_app(load, settings, on_load_error=on_load_error)
     _setup_logging(log_level)
+    raise_open_file_limit(limits)
+    # uvicorn's httptools protocol plus our limits (trtbuild.server.limits); its keep-alive timer as is
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=int(shutdown_timeout) + 5)
+                            timeout_graceful_shutdown=int(shutdown_timeout) + 5,
+                            http=protocol_class(limits, app.state.server.connection_metrics),
+                            timeout_keep_alive=keep_alive_timeout)
     server = GracefulServer(config, app.state.server)
     model = served_model_name or engine_dir.name
     emit({"url": url, "openai_base_url": f"{url}/v1", "model": model, "engine_dir": str(engine_dir),

@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, Sequence
 
+from trtbuild.errors import clip
 from trtbuild.runtime.detok import TextStream
 from trtbuild.tokenizer import Tokenizer
 
@@ -89,7 +90,7 @@ class SamplingParams(JSONMixin):
         ]
         for name, ok, why in rules:
             if not ok:
-                raise ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} {why}, got {clip(getattr(self, name))}")
 
 
 @dataclass

@@ -3,9 +3,11 @@
     from trtbuild.server import create_app, ServerSettings
     app = create_app(engine, ServerSettings(api_key="secret"))
 
-Modules: app (routes), generate (chat/completions flow), protocol (request models), render (response
-and SSE shapes), prompts (OpenAI messages -> Mistral v3 ids), state (engine lifecycle, bounded queue),
-middleware (request id, API key, body limit, access log), metrics (Prometheus), errors (OpenAI shape).
+Modules: app (routes), generate (chat/completions flow), protocol (request models), strict (their field
+types), render (response and SSE shapes), logprobs (token lists that spell the text), prompts (OpenAI
+messages -> Mistral v3 ids), guards (cheap checks before tokenizing), state (engine lifecycle, bounded
+queue), middleware (request id, API key, body limit, access log), limits (connection-level limits under
+uvicorn), metrics (Prometheus), errors (OpenAI shape), openapi (the document of all that).
 """
 
 from trtbuild.server.app import create_app

@@ -21,8 +21,10 @@ from trtbuild import __version__
 from trtbuild.runtime.interface import Engine
 from trtbuild.server.errors import bad_request, install_error_handlers, json_response, unavailable
 from trtbuild.server.generate import generate
+from trtbuild.server.guards import OFFLOAD_CHARS, off_loop
 from trtbuild.server.metrics import CONTENT_TYPE
 from trtbuild.server.middleware import ServerMiddleware
+from trtbuild.server.openapi import describe_api
 from trtbuild.server.prompts import encode_chat, encode_text
 from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from trtbuild.server.state import ServerSettings, ServerState
@@ -43,7 +45,8 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
                   description="OpenAI-compatible endpoints for one engine built by trtbuild.")
     app.state.server = state
     install_error_handlers(app)
-    app.add_middleware(ServerMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ServerMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                       body_timeout=settings.limits.header_timeout, full=state.full)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -69,6 +72,9 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
             return unavailable(f"Not ready: {why}.").response()
         return json_response({"status": "ok"})
 
+    # HEAD: probes that only look at the status (uvicorn sends no body for HEAD)
+    app.add_api_route("/health", health, methods=["HEAD"], operation_id="health_head")
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
@@ -87,11 +93,17 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
         state.check_model(body.model)
         if (body.prompt is None) == (body.messages is None):
             raise bad_request("Send exactly one of prompt or messages.", param="prompt")
-        if body.messages is not None:
-            tokens = encode_chat(engine.tokenizer, body.messages, body.tools)
-        else:
-            tokens = encode_text(engine.tokenizer, body.prompt, bos=body.add_special_tokens is not False)
-        return json_response({"tokens": tokens, "count": len(tokens), "max_model_len": engine.info.max_seq_len})
+        def answer() -> Response:  # tokens and their JSON: both large for a large input, so off the loop
+            if body.messages is not None:
+                tokens = encode_chat(engine.tokenizer, body.messages, body.tools)
+            else:
+                tokens = encode_text(engine.tokenizer, body.prompt, bos=body.add_special_tokens is not False)
+            # built in pieces: one json.dumps of 700k ids holds the GIL ~0.4 s, stalling the loop even from a thread
+            ids = ",".join([",".join(map(str, tokens[i:i + 4096])) for i in range(0, len(tokens), 4096)])
+            return Response(f'{{"tokens":[{ids}],"count":{len(tokens)},"max_model_len":{engine.info.max_seq_len}}}',
+                            media_type="application/json")
+
+        return await off_loop(OFFLOAD_CHARS if body.messages is not None else len(body.prompt), answer)
 
     @app.get("/tokenizer_info")
     async def tokenizer_info() -> Response:  # vLLM's route; lm-evaluation-harness's "remote" tokenizer reads it
@@ -112,4 +124,5 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
                               param="tokens")
         return json_response({"prompt": engine.tokenizer.decode(body.tokens)})
 
+    describe_api(app)
     return app

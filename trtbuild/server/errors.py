@@ -15,9 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from trtbuild.errors import clip
+
 log = logging.getLogger("trtbuild.server")
 
 INVALID = "invalid_request_error"
+MAX_MESSAGE = 1000  # characters: every value a message quotes is clipped already; this is the backstop
 
 
 class APIError(Exception):
@@ -25,6 +28,7 @@ class APIError(Exception):
 
     def __init__(self, status: int, message: str, type: str = INVALID, param: str | None = None,
                  code: str | int | None = None, headers: dict[str, str] | None = None):
+        message = clip(message, MAX_MESSAGE)
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers or {}
@@ -48,7 +52,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def model_not_found(model: str) -> APIError:
-    return APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+    return APIError(404, f"The model `{clip(model)}` does not exist.", param="model", code="model_not_found")
 
 
 def overloaded(in_flight: int, limit: int) -> APIError:
@@ -72,14 +76,15 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if not errors:
         return "Invalid request.", None
     first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]  # e.g. ["stop", "str"] in a union
+    # e.g. ["stop", "str"] in a union; a part can be a client's dict key (an unknown field's name)
+    loc = [clip(str(part), 64) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return ("We could not parse the JSON body of your request: "
-                f"{first.get('ctx', {}).get('error', 'invalid JSON')}. Send a JSON object.", None)
+                f"{clip(str(first.get('ctx', {}).get('error', 'invalid JSON')))}. Send a JSON object.", None)
     param = loc[0] if loc else None
     if first.get("type") == "extra_forbidden":  # OpenAI's own wording for an unknown field
         return f"Unrecognized request argument supplied: {'.'.join(loc)}", param
-    message = first.get("msg", "invalid value")
+    message = clip(first.get("msg", "invalid value"), 200)
     more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
     return (f"{'.'.join(loc)}: {message}{more}" if loc else f"{message}{more}"), param
 
@@ -95,16 +100,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         message, param = validation_message(exc)
+        record = request.scope.get("trtbuild")
+        if record is not None:
+            record.error = message  # clipped like every message that quotes the request
         return bad_request(message, param).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 404:
-            message = f"Unknown route {request.method} {request.url.path}."
+            message = f"Unknown route {clip(request.method, 16)} {clip(request.url.path)}."
         else:
             message = str(exc.detail)
         kind = "server_error" if exc.status_code >= 500 else INVALID
-        code = {413: "request_too_large", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {413: "request_too_large", 405: "method_not_allowed", 408: "request_timeout"}.get(exc.status_code)
         return APIError(exc.status_code, message, type=kind, code=code, headers=dict(exc.headers or {})).response()
 
     @app.exception_handler(Exception)

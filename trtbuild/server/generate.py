@@ -1,8 +1,10 @@
 """/v1/chat/completions and /v1/completions: request -> prompt ids -> engine streams -> JSON or SSE.
 
-The flow of one request:
-1. encode the prompt(s) (chat through mistral-common), build one SamplingParams per choice;
-2. admit and submit every sequence (ServerState.submit: 429 when the bounded queue is full);
+The flow of one request, cheap checks first:
+1. model, request-level rules, admission (429 when the bounded queue has no room: before tokenizing);
+2. encode the prompt(s) (chat through mistral-common; too many characters: 400 before tokenizing; large
+   prompts off the event loop), check the context length, build one SamplingParams per choice;
+   then submit every sequence (ServerState.submit admits again: the queue may have filled meanwhile);
 3. non-streaming: wait for all results, racing the client's disconnect;
    streaming: send one SSE chunk per batch of tokens that arrived together (RequestStream.aiter_batches),
    so a busy server sends at most one event per request per engine step;
@@ -19,8 +21,9 @@ from typing import AsyncIterator, Sequence
 from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 
-from trtbuild.runtime.interface import ContextLengthExceeded, GenerationResult, RequestStream
+from trtbuild.runtime.interface import GenerationResult, RequestStream
 from trtbuild.server.errors import bad_request, engine_failure, json_response, unavailable
+from trtbuild.server.guards import OFFLOAD_CHARS, check_chars, check_context, off_loop
 from trtbuild.server.middleware import AccessRecord
 from trtbuild.server.prompts import encode_chat, encode_text
 from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
@@ -39,18 +42,19 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
     chat = isinstance(body, ChatCompletionRequest)
     param = "messages" if chat else "prompt"
     plan = RequestPlan(body, engine.info.vocab_size)  # tools, response_format, logit_bias, echo, best_of
-    prompts = prompt_ids(state, body)
     n = plan.sequences
-    if len(prompts) * n > state.capacity:
-        raise bad_request(f"This request asks for {len(prompts) * n} sequences (prompts x n); the server runs at "
+    sequences = n if chat else n * len(body.prompts())
+    if sequences > state.capacity:
+        raise bad_request(f"This request asks for {sequences} sequences (prompts x n); the server runs at "
                           f"most {state.capacity} at once (max batch size + --max-queue).", param="n")
+    state.admit(sequences)  # 429 now, before any tokenizing (and again at submit: the loop may have moved)
+    prompts = await prompt_ids(state, body)
+    max_tokens = body.requested_max_tokens()
     jobs = []
     for p, prompt in enumerate(prompts):
-        for c in range(n):
-            try:
-                jobs.append((prompt, plan.adjust(body.sampling_params(len(prompt), engine.info, choice=p * n + c))))
-            except ContextLengthExceeded as exc:
-                raise bad_request(str(exc), param=param, code="context_length_exceeded") from None
+        params = [plan.adjust(body.sampling_params(len(prompt), engine.info, choice=p * n + c)) for c in range(n)]
+        check_context(len(prompt), max_tokens, engine.info, chat)
+        jobs += [(prompt, sp) for sp in params]
     renderer = plan.renderer(chat, state.model_name, state.token_texts, body.logprob_settings()[0],
                              body.include_usage)
     prompt_tokens = sum(len(p) for p in prompts)
@@ -69,16 +73,40 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
         return Response(status_code=499)
     for result in results:
         check_result(state, result)
-    return json_response(await plan.response(engine, renderer, prompts, results, prompt_tokens))
+    return json_response(await plan.response(engine, renderer, prompts, results, prompt_tokens, streams))
 
 
-def prompt_ids(state: ServerState, body: GenerationRequest) -> list[list[int]]:
-    tokenizer = state.engine.tokenizer
+async def prompt_ids(state: ServerState, body: GenerationRequest) -> list[list[int]]:
+    """Token ids of each prompt: texts too long to fit refused by their length in characters first, large
+    ones tokenized off the event loop (trtbuild.server.guards)."""
+    tokenizer, info = state.engine.tokenizer, state.engine.info
     if isinstance(body, ChatCompletionRequest):
-        return [encode_chat(tokenizer, body.messages, body.tools)]
+        chars = chat_chars(body)
+        check_chars(chars, tokenizer, info, chat=True)
+        return [await off_loop(chars + (OFFLOAD_CHARS if body.tools else 0), encode_chat, tokenizer,
+                               body.messages, body.tools)]
     assert isinstance(body, CompletionRequest)
-    # A text prompt gets BOS like any Mistral prompt; token ids are used exactly as given.
-    return [p if isinstance(p, list) else encode_text(tokenizer, p) for p in body.prompts()]
+    prompts = []
+    for p in body.prompts():
+        if isinstance(p, list):  # token ids are used exactly as given (the engine checks their count)
+            prompts.append(p)
+            continue
+        check_chars(len(p), tokenizer, info, chat=False)
+        # A text prompt gets BOS like any Mistral prompt.
+        prompts.append(await off_loop(len(p), encode_text, tokenizer, p))
+    return prompts
+
+
+def chat_chars(body: ChatCompletionRequest) -> int:
+    """Characters of text in the messages: each appears in the prompt, so its tokens are at least this / 18."""
+    total = 0
+    for message in body.messages:
+        content = message.content
+        if isinstance(content, str):
+            total += len(content)
+        elif content:
+            total += sum(len(part.text or "") for part in content)
+    return total
 
 
 def check_result(state: ServerState, result: GenerationResult) -> None:
@@ -107,15 +135,23 @@ def finish(state: ServerState, streams: Sequence[RequestStream], prompt_tokens: 
 
 async def results_or_disconnect(request: Request, streams: Sequence[RequestStream]) -> list[GenerationResult] | None:
     """All results, or None as soon as the client disconnects (its streams are then cancelled by finish)."""
-    results = asyncio.ensure_future(asyncio.gather(*(s.aresult() for s in streams)))
+    results = asyncio.ensure_future(all_results(streams))
     gone = asyncio.ensure_future(disconnected(request))
     try:
         await asyncio.wait((results, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        gone.cancel()
-        if not results.done():
-            results.cancel()
+        for task in (gone, results):
+            if not task.done():
+                task.cancel()
+                # wait for the cancellation, so no task is left holding an exception nobody retrieves
+                # ("_GatheringFuture exception was never retrieved" on every disconnect otherwise)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     return results.result() if results.done() and not results.cancelled() else None
+
+
+async def all_results(streams: Sequence[RequestStream]) -> list[GenerationResult]:
+    return [await s.aresult() for s in streams]  # each waits on its own stream: sequential is as fast
 
 
 async def disconnected(request: Request) -> None:

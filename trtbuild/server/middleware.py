@@ -1,5 +1,6 @@
 """One plain ASGI middleware for what every request goes through before and after its handler:
-request id, API key, body size limit, and one JSON access-log line.
+request id, API key, admission (429 before the body is read, when nothing more fits), body size limit
+and read timeout, and one JSON access-log line (quoted client values clipped).
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which re-buffers streaming responses and costs a
 task per request; here a streamed SSE response passes through untouched.
@@ -7,6 +8,7 @@ task per request; here a streamed SSE response passes through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 
+from trtbuild.errors import clip
 from trtbuild.server.errors import APIError
 
 access_log = logging.getLogger("trtbuild.server.access")
@@ -24,6 +27,8 @@ access_log = logging.getLogger("trtbuild.server.access")
 # Paths that never need the API key: probes and scrapers must work without it.
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Generation routes: answered 429 before their body is read or parsed when the queue has no room left.
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 @dataclass
@@ -39,10 +44,13 @@ class AccessRecord:
 
 
 class ServerMiddleware:
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, body_timeout: float | None = None,
+                 full=None):
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout  # seconds between two pieces of a request body (nginx client_body_timeout)
+        self.full = full  # () -> APIError | None: the 429 to answer when no sequence fits in the queue
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -81,6 +89,8 @@ class ServerMiddleware:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large()
+        if self.full is not None and scope["path"] in GENERATION_PATHS and scope["method"] == "POST":
+            return self.full()  # a burst of rejections costs no JSON parsing, so none waits behind another
         return None
 
     def _too_large(self) -> APIError:
@@ -88,13 +98,23 @@ class ServerMiddleware:
                         "(--max-body-bytes).", code="request_too_large")
 
     def _limited(self, receive):
-        """Count body bytes as they arrive, for bodies sent without Content-Length (chunked)."""
+        """Count body bytes as they arrive, for bodies sent without Content-Length (chunked), and bound the
+        wait for each piece of the body; once it is complete, receive() waits for a disconnect, untimed."""
         seen = 0
+        complete = False
 
         async def wrapped():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete or self.body_timeout is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.body_timeout)
+                except asyncio.TimeoutError:
+                    raise HTTPException(408, f"The request body stalled for {self.body_timeout:g} s "
+                                             "(--header-timeout also bounds each wait for body bytes).") from None
             if message["type"] == "http.request":
+                complete = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:  # FastAPI re-raises an HTTPException met while reading
                     raise HTTPException(413, self._too_large().message)
@@ -106,8 +126,8 @@ class ServerMiddleware:
     def _log(scope, record: AccessRecord, status: int, duration_s: float) -> None:
         if not access_log.isEnabledFor(logging.INFO):
             return
-        line = {"ts": round(time.time(), 3), "request_id": record.request_id, "method": scope.get("method"),
-                "path": scope.get("path"), "status": status or 499,
+        line = {"ts": round(time.time(), 3), "request_id": record.request_id, "method": clip(scope.get("method") or "", 16),
+                "path": clip(scope.get("path") or ""), "status": status or 499,
                 "client": (scope.get("client") or ("", 0))[0], "duration_s": round(duration_s, 4)}
         if record.prompt_tokens is not None:
             line.update(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,

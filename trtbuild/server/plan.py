@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from trtbuild.runtime.interface import Engine, GenerationResult, SamplingParams
+from trtbuild.runtime.interface import Engine, GenerationResult, RequestStream, SamplingParams
 from trtbuild.server.echo import echo_choice, prompt_logprobs
 from trtbuild.server.errors import bad_request
 from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
@@ -79,15 +79,17 @@ class RequestPlan:
         return Renderer(*args)
 
     async def response(self, engine: Engine, renderer: Renderer, prompts: Sequence[list[int]],
-                       results: Sequence[GenerationResult], prompt_tokens: int) -> dict:
-        """The non-streamed body: best_of selection, rendering, echo."""
+                       results: Sequence[GenerationResult], prompt_tokens: int,
+                       streams: Sequence[RequestStream] | None = None) -> dict:
+        """The non-streamed body: best_of selection, rendering, echo. `streams` (one per result, in order)
+        let logprob tokens spell the text exactly; best_of reorders results, so it renders without them."""
         if self.sequences > self.n:
-            results = best_n(results, self.sequences, self.n)
+            results, streams = best_n(results, self.sequences, self.n), None
         if self.echo_only:
             results = [GenerationResult(request_id="", prompt_token_ids=list(p), token_ids=[], text="",
                                         finish_reason="length", logprobs=[], top_logprobs=[])
                        for p in prompts for _ in range(self.n)]
-        body = renderer.response(results, prompt_tokens)
+        body = renderer.response(results, prompt_tokens, streams)
         if self.echo:
             wants, top = self.body.logprob_settings()
             texts = self.body.prompts()

@@ -15,6 +15,7 @@ import re
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.server.errors import bad_request
+from trtbuild.server.guards import check_unicode
 from trtbuild.server.protocol import ChatMessage, Tool
 from trtbuild.tokenizer import Tokenizer
 
@@ -55,20 +56,33 @@ def to_mistral_tool(tool: Tool) -> dict:
 
 def encode_chat(tokenizer: Tokenizer, messages: list[ChatMessage], tools: list[Tool] | None = None) -> list[int]:
     """Prompt token ids of a chat request; an APIError 400 when mistral-common rejects the conversation."""
+    converted = [to_mistral_message(m) for m in messages]
+    mistral_tools = [to_mistral_tool(t) for t in tools] if tools else None
+    _check_strings(converted, "messages")
+    _check_strings(mistral_tools, "tools")
     try:
-        return tokenizer.encode_chat([to_mistral_message(m) for m in messages],
-                                     [to_mistral_tool(t) for t in tools] if tools else None)
+        return tokenizer.encode_chat(converted, mistral_tools)
     except TrtbuildError as exc:
         raise bad_request(str(exc), param="messages") from None
 
 
 def encode_text(tokenizer: Tokenizer, text: str, bos: bool = True, param: str = "prompt") -> list[int]:
     """Plain text -> ids (a literal "[INST]" stays text); 400 for strings that are not text."""
-    try:
-        text.encode("utf-8")  # JSON can carry lone surrogates ("\\ud800"), which SentencePiece cannot take
-    except UnicodeEncodeError:
-        raise bad_request(f"{param} is not valid Unicode text (it holds a lone surrogate).", param=param) from None
+    check_unicode(text, param)  # JSON can carry lone surrogates ("\\ud800"), which SentencePiece cannot take
     return tokenizer.encode(text, bos=bos)
+
+
+def _check_strings(value, param: str) -> None:
+    """Every string a chat request hands to mistral-common (contents, names, ids, tool JSON) must be text."""
+    if isinstance(value, str):
+        check_unicode(value, param)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, param)
+            _check_strings(item, param)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, param)
 
 
 def _arguments(arguments) -> str:

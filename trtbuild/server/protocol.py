@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from trtbuild.runtime.interface import ContextLengthExceeded, EngineInfo, SamplingParams
+from trtbuild.runtime.interface import EngineInfo, SamplingParams
 from trtbuild.server.errors import bad_request
+from trtbuild.server.strict import Bool, Int, Number, Str, TokenIds, ranged
 
 INT64 = 2**63
 
@@ -32,7 +33,7 @@ class Lenient(BaseModel):
 
 
 class StreamOptions(Strict):
-    include_usage: bool | None = False
+    include_usage: Bool | None = False
 
 
 class ContentPart(Lenient):
@@ -94,25 +95,26 @@ class ChatMessage(Lenient):
 class GenerationRequest(Strict):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
-    model: str | None = None
-    max_tokens: int | None = None
-    n: int | None = Field(1, ge=1, le=128)
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None  # -1 (vLLM) and 0 both mean off
-    seed: int | None = Field(None, ge=-INT64, le=INT64 - 1)
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    include_stop_str_in_output: bool | None = False
-    frequency_penalty: float | None = 0.0
-    presence_penalty: float | None = 0.0
-    repetition_penalty: float | None = 1.0
-    min_tokens: int | None = 0
-    ignore_eos: bool | None = False
-    stream: bool | None = False
+    # Types are strict (trtbuild.server.strict); documented ranges are SamplingParams.check()'s.
+    model: Str | None = None
+    max_tokens: Int | None = Field(None, **ranged(minimum=1))
+    n: Int | None = Field(1, ge=1, le=128)
+    temperature: Number | None = Field(None, **ranged(minimum=0, maximum=2))
+    top_p: Number | None = Field(None, **ranged(exclusiveMinimum=0, maximum=1))
+    top_k: Int | None = Field(None, **ranged(minimum=-1))  # -1 (vLLM) and 0 both mean off
+    seed: Int | None = Field(None, ge=-INT64, le=INT64 - 1)
+    stop: Str | list[Str] | None = Field(None, **ranged(minLength=1, maxItems=16))
+    stop_token_ids: TokenIds | None = None
+    include_stop_str_in_output: Bool | None = False
+    frequency_penalty: Number | None = Field(0.0, **ranged(minimum=-2, maximum=2))
+    presence_penalty: Number | None = Field(0.0, **ranged(minimum=-2, maximum=2))
+    repetition_penalty: Number | None = Field(1.0, **ranged(exclusiveMinimum=0, maximum=10))
+    min_tokens: Int | None = Field(0, **ranged(minimum=0))
+    ignore_eos: Bool | None = False
+    stream: Bool | None = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
-    logit_bias: dict[str, float] | None = None
+    user: Str | None = None
+    logit_bias: dict[Str, Number] | None = None
 
     # --- what the subclasses answer --------------------------------------------------------------
     def requested_max_tokens(self) -> int | None:
@@ -133,7 +135,7 @@ class GenerationRequest(Strict):
             raise bad_request("logit_bias may hold at most 1024 tokens.", param="logit_bias")
 
     def sampling_params(self, prompt_len: int, info: EngineInfo, choice: int = 0) -> SamplingParams:
-        """SamplingParams of one choice; raises APIError 400 (bad range) or ContextLengthExceeded."""
+        """SamplingParams of one choice; raises APIError 400 for a value out of range."""
         max_tokens = self.requested_max_tokens()
         logprobs, top_logprobs = self.logprob_settings()
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -158,19 +160,17 @@ class GenerationRequest(Strict):
         if bad:
             raise bad_request(f"stop_token_ids: {bad[0]} is outside the vocabulary [0, {info.vocab_size}).",
                               param="stop_token_ids")
-        if max_tokens is not None and prompt_len + max_tokens > info.max_seq_len:
-            raise ContextLengthExceeded(prompt_len, max_tokens, info.max_seq_len, info.max_input_len)
-        return params
+        return params  # the context length is checked by the caller (trtbuild.server.guards.check_context)
 
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
-    logprobs: bool | None = False
-    top_logprobs: int | None = None
+    max_completion_tokens: Int | None = Field(None, **ranged(minimum=1))
+    logprobs: Bool | None = False
+    top_logprobs: Int | None = Field(None, **ranged(minimum=0, maximum=20))
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: Bool | None = None
     response_format: dict[str, Any] | None = None
     guided_json: dict[str, Any] | str | None = None  # vLLM's and NIM's name for a JSON-schema guide
     nvext: NvExt | None = None
@@ -189,11 +189,20 @@ class ChatCompletionRequest(GenerationRequest):
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(None, ge=0, le=20)  # OpenAI's legacy API allows at most 5; vLLM 20
-    echo: bool | None = None
-    best_of: int | None = Field(None, ge=1, le=128)
-    suffix: str | None = None
+    prompt: Str | list[Str] | TokenIds | list[TokenIds]
+    # OpenAI: the number of alternatives to list. `false` (some clients send it) means off, like null.
+    logprobs: Int | Bool | None = Field(None, **ranged(minimum=0, maximum=20))  # OpenAI's legacy API: 5; vLLM 20
+    echo: Bool | None = None
+    best_of: Int | None = Field(None, **ranged(minimum=1, maximum=128))
+    suffix: Str | None = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs_count(cls, value):
+        if value is True:
+            raise ValueError("for /v1/completions logprobs is a number of alternatives (0-20), or null or false "
+                             "for none; true is /v1/chat/completions' form")
+        return None if value is False else value
 
     def logprob_settings(self) -> tuple[bool, int]:
         return self.logprobs is not None, self.logprobs or 0
@@ -222,16 +231,16 @@ class CompletionRequest(GenerationRequest):
 
 
 class TokenizeRequest(Strict):
-    model: str | None = None
-    prompt: str | None = None
+    model: Str | None = None
+    prompt: Str | None = None
     messages: list[ChatMessage] | None = None
     tools: list[Tool] | None = None
-    add_special_tokens: bool | None = True
+    add_special_tokens: Bool | None = True
 
 
 class DetokenizeRequest(Strict):
-    model: str | None = None
-    tokens: list[int]
+    model: Str | None = None
+    tokens: TokenIds
 
 
 def _or(value, default):

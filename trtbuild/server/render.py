@@ -11,7 +11,8 @@ import time
 import uuid
 from typing import Sequence
 
-from trtbuild.runtime.interface import GenerationResult, TokenEvent
+from trtbuild.runtime.interface import GenerationResult, RequestStream, TokenEvent
+from trtbuild.server.logprobs import chat_logprobs, completion_logprobs, listed
 from trtbuild.tokenizer import Tokenizer
 
 DONE = "data: [DONE]\n\n"
@@ -115,10 +116,9 @@ class Renderer:
             return self._head + self._text_open % index + _compact(text) + self._text_close if text else None
         logprobs = None
         if self.logprobs:
-            tokens = [e for e in events if e.token_id >= 0]
-            if tokens:
-                logprobs = self._logprobs([e.token_id for e in tokens], [e.logprob for e in tokens],
-                                          [e.top_logprobs or [] for e in tokens], index, text)
+            entries = listed(events, self.texts.tokenizer.control_ids)
+            if entries:
+                logprobs = self._logprobs(entries, index, text)
         if not text and logprobs is None and finish_reason is None:
             return None
         if self.chat:
@@ -136,19 +136,23 @@ class Renderer:
     def _chunk(self, choice: dict) -> str:
         return self._head + _compact(choice) + self._tail
 
-    def _logprobs(self, token_ids, logprobs, tops, index: int, text: str):
+    def _logprobs(self, entries: list[TokenEvent], index: int, text: str) -> dict:
         if self.chat:
-            return self.texts.chat_logprobs(token_ids, logprobs, tops)
+            return chat_logprobs(entries, self.texts)
         offset = self._text_offsets.get(index, 0)
         self._text_offsets[index] = offset + len(text)
-        return self.texts.completion_logprobs(token_ids, logprobs, tops, offset)
+        return completion_logprobs(entries, self.texts, offset)
 
     # --- whole responses -----------------------------------------------------------------------------
-    def response(self, results: Sequence[GenerationResult], prompt_tokens: int) -> dict:
+    def response(self, results: Sequence[GenerationResult], prompt_tokens: int,
+                 streams: Sequence[RequestStream] | None = None) -> dict:
         choices = []
         for index, r in enumerate(results):
             logprobs = None
-            if self.logprobs:
+            if self.logprobs and streams is not None:  # token strings = the text each token released
+                entries = listed(streams[index].events, self.texts.tokenizer.control_ids)
+                logprobs = chat_logprobs(entries, self.texts) if self.chat else completion_logprobs(entries, self.texts)
+            elif self.logprobs:
                 args = (r.token_ids, r.logprobs, r.top_logprobs)
                 logprobs = self.texts.chat_logprobs(*args) if self.chat else self.texts.completion_logprobs(*args)
             if self.chat:

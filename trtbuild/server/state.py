@@ -10,12 +10,13 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.runtime.interface import ContextLengthExceeded, Engine, EngineError, RequestStream, SamplingParams
-from trtbuild.server.errors import bad_request, model_not_found, overloaded, unavailable
+from trtbuild.server.errors import APIError, bad_request, model_not_found, overloaded, unavailable
+from trtbuild.server.limits import ConnectionLimits, ConnectionMetrics
 from trtbuild.server.metrics import Metrics
 from trtbuild.server.render import TokenTexts
 
@@ -29,6 +30,7 @@ class ServerSettings:
     max_queue: int = 256  # sequences admitted beyond the engine's max batch size; more -> 429
     max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies -> 413
     shutdown_timeout: float = 10.0  # seconds in-flight requests get to finish on SIGTERM before being cancelled
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # headers, timeouts, connections
 
 
 class ServerState:
@@ -39,12 +41,15 @@ class ServerState:
         self.load_error: str | None = None
         self.dead: str | None = None
         self.shutting_down = False
-        self.admitted = 0  # sequences submitted and not yet released
-        self.streams: set[RequestStream] = set()
+        # Admission counts engine work, not open sockets: a sequence stops counting when it finishes,
+        # even while its response still waits for a slow client (bounded by --write-timeout).
+        self._active: set[RequestStream] = set()  # submitted, maybe finished since (pruned on each count)
+        self.streams: set[RequestStream] = set()  # every stream whose response is not over, for shutdown
         self.created = int(time.time())
         self.metrics = Metrics(running=lambda: self.engine.num_running if self.engine else 0,
                                waiting=lambda: self.engine.num_waiting if self.engine else 0,
                                admitted=lambda: self.admitted)
+        self.connection_metrics = ConnectionMetrics(self.metrics.registry)
         self._token_texts: TokenTexts | None = None
 
     @property
@@ -103,11 +108,29 @@ class ServerState:
     def capacity(self) -> int:
         return self.engine.info.max_batch_size + self.settings.max_queue
 
+    @property
+    def admitted(self) -> int:
+        """Sequences submitted and still generating (O(capacity): finished ones are dropped as counted)."""
+        self._active = {s for s in self._active if not s.finished}
+        return len(self._active)
+
+    def admit(self, sequences: int) -> None:
+        """429 unless `sequences` more fit now: checked before any tokenization, and again at submit."""
+        admitted = self.admitted
+        if admitted + sequences > self.capacity:
+            raise overloaded(admitted, self.capacity)
+
+    def full(self) -> APIError | None:
+        """The 429 for a generation request when not even one more sequence fits (no engine yet: None)."""
+        if self.engine is None or self.health[0] != 200:
+            return None
+        admitted = self.admitted
+        return overloaded(admitted, self.capacity) if admitted >= self.capacity else None
+
     def submit(self, engine: Engine, jobs: Sequence[tuple[list[int], SamplingParams]], request_id: str,
                prompt_param: str) -> list[RequestStream]:
         """Submit every sequence of a request, or none of them (a 4xx/5xx APIError)."""
-        if self.admitted + len(jobs) > self.capacity:
-            raise overloaded(self.admitted, self.capacity)
+        self.admit(len(jobs))
         streams: list[RequestStream] = []
         try:
             for i, (prompt, params) in enumerate(jobs):
@@ -124,7 +147,7 @@ class ServerState:
             if len(streams) < len(jobs):
                 for stream in streams:
                     stream.cancel()
-        self.admitted += len(streams)
+        self._active.update(streams)
         self.streams.update(streams)
         return streams
 
@@ -133,7 +156,7 @@ class ServerState:
         for stream in streams:
             stream.cancel()  # a no-op for finished streams
             self.streams.discard(stream)
-        self.admitted -= len(streams)
+            self._active.discard(stream)
 
     # --- shutdown ----------------------------------------------------------------------------------------
     def begin_shutdown(self) -> None:

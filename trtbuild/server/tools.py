@@ -122,8 +122,8 @@ class ToolRenderer(Renderer):
         self.plan = plan
         self._held: dict[int, list[int]] = {}  # choice -> token ids from [TOOL_CALLS] on (or all, when forced)
 
-    def response(self, results: Sequence[GenerationResult], prompt_tokens: int) -> dict:
-        body = super().response(results, prompt_tokens)
+    def response(self, results: Sequence[GenerationResult], prompt_tokens: int, streams=None) -> dict:
+        body = super().response(results, prompt_tokens, streams)
         for choice, result in zip(body["choices"], results):
             parsed = self.plan.parse(result.token_ids, self.texts.tokenizer)
             if parsed is not None:
