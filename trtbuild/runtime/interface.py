@@ -59,6 +59,15 @@ class SamplingParams(JSONMixin):
     ignore_eos: bool = False
     logprobs: bool = False  # logprob of each generated token
     top_logprobs: int = 0  # and the k most likely alternatives at each position
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI)
+    # The hook for structured output: callables f(output_ids, logits_row) -> logits_row that the torch
+    # sampler applies to this request's row after penalties, before sampling. Not part of the JSON form.
+    logits_processors: list = field(default_factory=list, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "logits_processors"}
+        return {**data, "stop": list(self.stop), "stop_token_ids": list(self.stop_token_ids),
+                "logit_bias": dict(self.logit_bias)}
 
     @property
     def greedy(self) -> bool:
@@ -76,6 +85,7 @@ class SamplingParams(JSONMixin):
             ("repetition_penalty", 0 < self.repetition_penalty <= 10, "must be in (0, 10]"),
             ("min_tokens", 0 <= self.min_tokens <= self.max_tokens, "must be in [0, max_tokens]"),
             ("top_logprobs", 0 <= self.top_logprobs <= 20, "must be in [0, 20]"),
+            ("logit_bias", all(-100 <= v <= 100 for v in self.logit_bias.values()), "values must be in [-100, 100]"),
             ("stop", len(self.stop) <= 16 and all(isinstance(s, str) and s for s in self.stop),
              "must be at most 16 non-empty strings"),
         ]
@@ -343,6 +353,9 @@ class Engine(ABC):
         bad = [t for t in prompt_ids if not 0 <= t < self.info.vocab_size]
         if bad:
             raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.info.vocab_size})")
+        bad = [t for t in params.logit_bias if not 0 <= int(t) < self.info.vocab_size]
+        if bad:
+            raise ValueError(f"logit_bias token id {bad[0]} is outside the vocabulary [0, {self.info.vocab_size})")
         return RequestStream(self.tokenizer, prompt_ids, params, self.info.max_seq_len, request_id, on_cancel)
 
     @abstractmethod

@@ -1,8 +1,26 @@
-"""Logits -> next tokens for the torch backends (TensorRT-LLM samples inside its own runtime).
+"""Logits -> next tokens for the torch backends, for the whole batch at once (TensorRT-LLM samples inside
+its own runtime).
 
-Each request owns a torch.Generator seeded from its `seed`, so a seeded request draws the same tokens
-whatever else shares its batch. Greedy rows without penalties take one batched argmax: the common case
-in validation and benchmarks stays off the per-row path.
+    sampler = Sampler(vocab_size, eos_id, capacity=max_batch_size)
+    state = sampler.start(params, prompt_ids, row=slot)     # when a request is admitted
+    picks = sampler.sample(logits, [state, ...])             # each step: [B, V] -> B (token, logprob, top)
+
+One step is a fixed handful of batched tensor ops whatever the mix of requests in the batch:
+1. logprobs of the model's raw distribution, for the rows that asked (as OpenAI and vLLM report them);
+2. edits, only on the rows that need them: logit_bias, repetition / frequency / presence penalties
+   (token counts live in [capacity, V] tensors indexed by the request's row, updated with one scatter per
+   step), min_tokens (EOS and stop ids banned), and per-request logits processors (the hook for
+   structured output: `SamplingParams.logits_processors`, each `f(output_ids, logits_row) -> logits_row`);
+3. greedy rows: argmax. Sampled rows without top-k/top-p: softmax(logits / T) and an inverse-CDF draw
+   in two levels (block sums, then one block): no sort. Rows with top-k and/or top-p: the top
+   candidates (top_k of them, or TOP_P_CANDIDATES for top-p alone), the nucleus among them, the same
+   inverse-CDF draw; a top-p row whose nucleus does not fit the candidates is sorted in full (exact).
+
+Randomness is counter-based: the uniform a request uses for its n-th token is splitmix64(seed, n), one
+number per row and step. A request's tokens therefore depend only on its own logits, seed and position,
+never on what else is in the batch, the batch's order or size (tests/test_sampling.py checks it), and
+sampling costs one pass over the logits instead of torch.multinomial's V exponentials per row.
+Unseeded requests get a random seed at start.
 """
 
 from __future__ import annotations
@@ -14,94 +32,250 @@ import torch
 
 from trtbuild.runtime.interface import SamplingParams
 
+TOP_P_CANDIDATES = 1024  # a top-p-only row looks for its nucleus among its best 1024 tokens, else sorts all
+BLOCK = 256  # inverse-CDF draw: cumulative sums over blocks of 256 tokens, then inside the chosen block
+MASK64 = (1 << 64) - 1
+
+
+def uniform(seed: int, position: int) -> float:
+    """A uniform in [0, 1) from (seed, position): splitmix64 of a counter (Steele et al., 2014)."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + (position + 1) * 0xD1B54A32D192ED03) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return ((z ^ (z >> 31)) >> 11) * 2.0 ** -53
+
 
 @dataclass
 class SamplerState:
-    """Per-request sampling state: its generator and the token counts penalties need."""
+    """One request's sampling state: its settings, its row in the sampler's count tensors, its position."""
 
     params: SamplingParams
-    prompt_ids: list[int]
+    row: int
     eos_id: int
-    generator: torch.Generator = field(init=False)
-    counts: dict[int, int] = field(default_factory=dict)  # generated token -> times seen
+    seed: int = 0
     generated: int = 0
-
-    def __post_init__(self):
-        self.generator = torch.Generator()
-        seed = self.params.seed if self.params.seed is not None else random.SystemRandom().getrandbits(63)
-        self.generator.manual_seed(int(seed))
+    output_ids: list[int] = field(default_factory=list)
+    banned: list[int] = field(default_factory=list)  # banned while generated < min_tokens
+    counts: bool = False  # keeps token counts (repetition, frequency or presence penalty)
+    bias: tuple[list[int], list[float]] | None = None
+    processors: list = field(default_factory=list)
 
     @property
-    def needs_row_path(self) -> bool:
-        p = self.params
-        return (not p.greedy or p.frequency_penalty != 0 or p.presence_penalty != 0
-                or p.repetition_penalty != 1 or self.generated < p.min_tokens)
+    def greedy(self) -> bool:
+        return self.params.greedy
 
-    def record(self, token_id: int) -> None:
-        self.counts[token_id] = self.counts.get(token_id, 0) + 1
-        self.generated += 1
+    @property
+    def truncated(self) -> bool:
+        return self.params.top_k > 0 or self.params.top_p < 1
 
 
-def apply_penalties(row: torch.Tensor, state: SamplerState) -> torch.Tensor:
-    p = state.params
-    if p.repetition_penalty != 1:  # HF/vLLM rule, over prompt and output tokens
-        seen = torch.tensor(sorted(set(state.prompt_ids) | set(state.counts)), dtype=torch.long)
-        vals = row[seen]
-        row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
-    if state.counts and (p.frequency_penalty or p.presence_penalty):  # OpenAI rule, output tokens only
-        ids = torch.tensor(list(state.counts), dtype=torch.long)
-        counts = torch.tensor(list(state.counts.values()), dtype=row.dtype)
-        row[ids] -= counts * p.frequency_penalty + p.presence_penalty
-    if state.generated < p.min_tokens:
-        row[[state.eos_id, *p.stop_token_ids]] = float("-inf")
-    return row
+class Sampler:
+    def __init__(self, vocab_size: int, eos_id: int, capacity: int, device: str = "cpu"):
+        self.vocab_size, self.eos_id, self.capacity, self.device = vocab_size, eos_id, capacity, device
+        self._counts: torch.Tensor | None = None  # [capacity, V] generated-token counts (penalties only)
+        self._in_prompt: torch.Tensor | None = None  # [capacity, V] prompt tokens (repetition penalty only)
 
+    def start(self, params: SamplingParams, prompt_ids, row: int) -> SamplerState:
+        """A request takes `row` (an engine slot, < capacity) until its next start()."""
+        if not 0 <= row < self.capacity:
+            raise ValueError(f"sampler row {row} outside [0, {self.capacity})")
+        seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
+        p = params
+        state = SamplerState(p, row, self.eos_id, seed=int(seed) & MASK64,
+                             banned=[self.eos_id, *p.stop_token_ids] if p.min_tokens else [],
+                             counts=p.repetition_penalty != 1 or p.frequency_penalty != 0 or p.presence_penalty != 0,
+                             processors=list(getattr(p, "logits_processors", None) or []))
+        bias = getattr(p, "logit_bias", None)
+        if bias:
+            ids = [int(t) for t in bias]
+            if any(not 0 <= t < self.vocab_size for t in ids):
+                raise ValueError(f"logit_bias token ids must be in [0, {self.vocab_size})")
+            state.bias = (ids, [float(v) for v in bias.values()])
+        if state.counts:
+            if self._counts is None:
+                self._counts = torch.zeros(self.capacity, self.vocab_size, device=self.device)
+                self._in_prompt = torch.zeros(self.capacity, self.vocab_size, dtype=torch.bool, device=self.device)
+            self._counts[row].zero_()
+            self._in_prompt[row].zero_()
+            if p.repetition_penalty != 1 and len(prompt_ids):
+                self._in_prompt[row, torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)] = True
+        return state
 
-def sample_row(row: torch.Tensor, state: SamplerState) -> int:
-    p = state.params
-    penalized = apply_penalties(row.clone(), state)
-    if p.greedy:
-        return int(torch.argmax(penalized))
-    row = penalized / p.temperature
-    if p.top_k > 0:
-        kth = torch.topk(row, min(p.top_k, row.numel())).values[-1]
-        row = row.masked_fill(row < kth, float("-inf"))
-    probs = torch.softmax(row, dim=-1)
-    if not torch.isfinite(probs).all():  # a tiny temperature or extreme penalty overflowed: take the best token
-        return int(torch.argmax(torch.nan_to_num(penalized)))
-    if p.top_p < 1:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        drop = torch.cumsum(sorted_probs, 0) - sorted_probs > p.top_p  # keep the smallest nucleus >= top_p
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=state.generator))
+    # --- one step --------------------------------------------------------------------------------------
+    def sample(self, logits: torch.Tensor, states: list[SamplerState]) -> list[tuple[int, float | None, list | None]
+                                                                              | Exception]:
+        """logits [B, V] (row i belongs to states[i]; edited in place) -> per row (token, its logprob or
+        None, top alternatives or None), or the exception a row's logits processor raised (that request
+        failed; the others go on); advances every state by one token."""
+        logits = logits.float()
+        batch = len(states)
+        want_lp = {i: j for j, i in enumerate(i for i, s in enumerate(states) if s.params.logprobs or s.params.top_logprobs)}
+        logprobs = torch.log_softmax(logits[list(want_lp)], dim=-1) if want_lp else None
+        failed = self._edit(logits, states)
+        tokens = torch.empty(batch, dtype=torch.long)
+        greedy = [i for i, s in enumerate(states) if s.greedy]
+        if len(greedy) == batch:
+            tokens = logits.argmax(dim=-1)
+        else:
+            if greedy:
+                tokens[greedy] = logits[greedy].argmax(dim=-1)
+            plain = [i for i, s in enumerate(states) if not s.greedy and not s.truncated]
+            if plain:
+                tokens[plain] = self._draw_plain(logits, plain, states)
+            cut = [i for i, s in enumerate(states) if not s.greedy and s.truncated]
+            if cut:
+                tokens[cut] = self._draw_truncated(logits, cut, states)
+        token_list = tokens.tolist()
+        self._record(states, token_list)
+        out = []
+        for i, state in enumerate(states):
+            if i in failed:
+                out.append(failed[i])
+                continue
+            lp = top = None
+            if i in want_lp:
+                row = logprobs[want_lp[i]]
+                lp = float(row[token_list[i]])
+                if state.params.top_logprobs:
+                    vals, ids = torch.topk(row, state.params.top_logprobs)
+                    top = list(zip(ids.tolist(), vals.tolist()))
+            out.append((token_list[i], lp, top))
+        return out
 
+    def _edit(self, logits: torch.Tensor, states: list[SamplerState]) -> dict[int, Exception]:
+        """logit_bias, penalties, min_tokens bans and logits processors, batched where they apply; returns
+        the rows whose processor failed."""
+        bias_rows, bias_ids, bias_vals, ban_rows, ban_ids = [], [], [], [], []
+        for i, s in enumerate(states):
+            if s.bias is not None:
+                bias_rows += [i] * len(s.bias[0])
+                bias_ids += s.bias[0]
+                bias_vals += s.bias[1]
+            if s.banned and s.generated < s.params.min_tokens:
+                ban_rows += [i] * len(s.banned)
+                ban_ids += s.banned
+        if bias_rows:
+            logits.index_put_((torch.tensor(bias_rows), torch.tensor(bias_ids)), torch.tensor(bias_vals),
+                              accumulate=True)
+        penalized = [i for i, s in enumerate(states) if s.counts]
+        if penalized:
+            self._penalize(logits, penalized, states)
+        if ban_rows:
+            logits[torch.tensor(ban_rows), torch.tensor(ban_ids)] = float("-inf")
+        failed = {}
+        for i, s in enumerate(states):
+            for processor in s.processors:
+                try:
+                    logits[i] = processor(list(s.output_ids), logits[i])
+                except Exception as exc:  # noqa: BLE001 - that request fails, the batch goes on
+                    failed[i] = exc
+                    logits[i] = 0.0
+                    break
+        return failed
 
-def sample_batch(logits: torch.Tensor, states: list[SamplerState]) -> list[tuple[int, float | None, list | None]]:
-    """logits [B, V] (any float dtype) -> per row (token, its logprob, top alternatives) and update states.
+    def _penalize(self, logits: torch.Tensor, idx: list[int], states: list[SamplerState]) -> None:
+        rows = torch.tensor([states[i].row for i in idx])
+        params = [states[i].params for i in idx]
+        sub = logits[idx]
+        counts = self._counts[rows]
+        seen = counts > 0
+        rep = torch.tensor([p.repetition_penalty for p in params])[:, None]
+        if (rep != 1).any():  # HF/vLLM rule, over prompt and output tokens
+            hit = (seen | self._in_prompt[rows]) & (rep != 1)
+            sub = torch.where(hit, torch.where(sub > 0, sub / rep, sub * rep), sub)
+        freq = torch.tensor([p.frequency_penalty for p in params])[:, None]
+        presence = torch.tensor([p.presence_penalty for p in params])[:, None]
+        sub = sub - counts * freq - seen * presence  # OpenAI rule, output tokens only
+        logits[idx] = sub
 
-    Logprobs are those of the model's raw distribution (before penalties and temperature), as vLLM and
-    OpenAI report them.
-    """
-    logits = logits.float()
-    tokens = torch.argmax(logits, dim=-1).tolist()
-    for i, state in enumerate(states):
-        if state.needs_row_path:
-            tokens[i] = sample_row(logits[i], state)
-    want_lp = [i for i, s in enumerate(states) if s.params.logprobs or s.params.top_logprobs]
-    logprobs: dict[int, torch.Tensor] = {}
-    if want_lp:
-        rows = torch.log_softmax(logits[want_lp], dim=-1)
-        logprobs = dict(zip(want_lp, rows))
-    out = []
-    for i, state in enumerate(states):
-        token, lp, top = tokens[i], None, None
-        if i in logprobs:
-            lp = float(logprobs[i][token])
-            k = state.params.top_logprobs
-            if k:
-                vals, ids = torch.topk(logprobs[i], k)
-                top = list(zip(ids.tolist(), vals.tolist()))
-        state.record(token)
-        out.append((token, lp, top))
-    return out
+    def _draw_plain(self, logits: torch.Tensor, idx: list[int], states: list[SamplerState]) -> torch.Tensor:
+        """softmax(logits / T) over the whole vocabulary, one inverse-CDF draw per row."""
+        x = logits if len(idx) == len(states) else logits[idx]
+        temps = [states[i].params.temperature for i in idx]
+        if any(t != 1 for t in temps):
+            x = x / torch.tensor(temps)[:, None]
+        probs = torch.softmax(x, dim=-1)
+        u = torch.tensor([uniform(states[i].seed, states[i].generated) for i in idx], dtype=torch.float64)
+        return self._inverse_cdf(probs, u, logits, idx)
+
+    def _inverse_cdf(self, probs: torch.Tensor, u: torch.Tensor, logits: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        """probs [P, V] (unnormalised is fine), u [P] -> the token each u falls on in its row's CDF.
+        Two levels, so only block sums and one block of each row are accumulated in float64."""
+        n, vocab = probs.shape
+        full = vocab // BLOCK * BLOCK
+        sums = probs[:, :full].reshape(n, -1, BLOCK).sum(-1)
+        if full < vocab:
+            sums = torch.cat([sums, probs[:, full:].sum(-1, keepdim=True)], dim=1)
+        cum = sums.double().cumsum(-1)
+        total = cum[:, -1]
+        ok = torch.isfinite(total) & (total > 0)  # NaN/inf (overflow) or nothing allowed: fall back to argmax
+        target = u * total
+        block = torch.searchsorted(cum, target[:, None], right=True).clamp_(max=cum.shape[1] - 1)[:, 0]
+        before = torch.where(block > 0, cum.gather(1, (block - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+        cols = block[:, None] * BLOCK + torch.arange(BLOCK)
+        valid = cols < vocab
+        inside = probs.gather(1, cols.clamp(max=vocab - 1)).double() * valid
+        inner = inside.cumsum(-1)
+        last = inner[:, -1:]
+        # float64 sums of float32 terms may round a hair past the block total: stay inside the block
+        rest = torch.minimum((target - before)[:, None], torch.nextafter(last, torch.zeros_like(last)))
+        pos = torch.searchsorted(inner, rest.clamp(min=0), right=True).clamp_(max=BLOCK - 1)[:, 0]
+        tokens = block * BLOCK + pos
+        if not bool(ok.all()):
+            bad = (~ok).nonzero()[:, 0]
+            tokens[bad] = torch.nan_to_num(logits[[idx[j] for j in bad.tolist()]]).argmax(dim=-1)
+        return tokens
+
+    def _draw_truncated(self, logits: torch.Tensor, idx: list[int], states: list[SamplerState]) -> torch.Tensor:
+        """top-k and/or top-p rows: the nucleus among each row's best candidates, then the same draw."""
+        params = [states[i].params for i in idx]
+        want = [p.top_k if p.top_k > 0 else TOP_P_CANDIDATES for p in params]
+        k = min(max(want), self.vocab_size)
+        x = logits[idx]
+        temps = torch.tensor([p.temperature for p in params])[:, None]
+        vals, ids = torch.topk(x, k, dim=-1)  # sorted, best first; temperature keeps the order
+        vals = vals.double() / temps
+        limit = torch.tensor([min(w, k) for w in want])[:, None]
+        in_k = torch.arange(k)[None, :] < limit
+        # Each row's normaliser: its own top-k set, or (top-p alone) its whole vocabulary.
+        top_only = torch.tensor([p.top_k > 0 for p in params])
+        lse = torch.logsumexp(vals.masked_fill(~in_k, float("-inf")), dim=-1)
+        whole = [j for j, p in enumerate(params) if p.top_k == 0]
+        if whole:
+            lse[whole] = torch.logsumexp(x[whole].double() / temps[whole], dim=-1)
+        probs = torch.exp(vals - lse[:, None]) * in_k
+        top_p = torch.tensor([p.top_p for p in params], dtype=torch.float64)[:, None]
+        before = probs.cumsum(-1) - probs
+        keep = in_k & ((before <= top_p) | (top_p >= 1))  # the smallest nucleus whose mass reaches top_p
+        kept = probs * keep
+        u = torch.tensor([uniform(states[i].seed, states[i].generated) for i in idx], dtype=torch.float64)
+        cum = kept.cumsum(-1)
+        rest = torch.minimum(u * cum[:, -1], torch.nextafter(cum[:, -1], torch.zeros_like(cum[:, -1])))
+        pos = torch.searchsorted(cum, rest[:, None], right=True).clamp_(max=k - 1)[:, 0]
+        tokens = ids.gather(1, pos[:, None])[:, 0]
+        # A top-p-only row that kept every candidate may need more: sort the whole row (rare, exact).
+        overflow = (~top_only) & keep[:, -1] & (k < self.vocab_size)
+        bad = ~(torch.isfinite(cum[:, -1]) & (cum[:, -1] > 0))
+        for j in (overflow | bad).nonzero()[:, 0].tolist():
+            tokens[j] = self._draw_sorted(x[j], states[idx[j]]) if not bad[j] else int(torch.nan_to_num(x[j]).argmax())
+        return tokens
+
+    def _draw_sorted(self, row: torch.Tensor, state: SamplerState) -> int:
+        p = state.params
+        vals, ids = torch.sort(row.double() / p.temperature, descending=True)
+        probs = torch.softmax(vals, dim=-1)
+        keep = probs.cumsum(-1) - probs <= p.top_p
+        cum = (probs * keep).cumsum(-1)
+        target = min(uniform(state.seed, state.generated) * float(cum[-1]), float(torch.nextafter(cum[-1], cum[-1] * 0)))
+        return int(ids[int(torch.searchsorted(cum, torch.tensor([target], dtype=torch.float64), right=True)[0])])
+
+    def _record(self, states: list[SamplerState], tokens: list[int]) -> None:
+        rows, toks = [], []
+        for state, token in zip(states, tokens):
+            state.generated += 1
+            state.output_ids.append(token)
+            if state.counts:
+                rows.append(state.row)
+                toks.append(token)
+        if rows:
+            self._counts.index_put_((torch.tensor(rows), torch.tensor(toks)), torch.ones(len(rows)), accumulate=True)
