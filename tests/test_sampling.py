@@ -8,7 +8,7 @@ import math
 import torch
 
 from trtbuild.runtime.interface import SamplingParams
-from trtbuild.runtime.sampling import TOP_P_CANDIDATES, Sampler, uniform
+from trtbuild.runtime.sampling import TOP_P_CANDIDATES, Sampler, top_candidates, uniform
 
 EOS = 2
 VOCAB = 50
@@ -260,7 +260,23 @@ def test_logprobs_are_the_models_raw_distribution():
     assert no_logprob is None and no_top is None
 
 
-def test_overflowing_temperatures_and_fully_banned_rows_fall_back_to_argmax():
-    huge = FLAT * 1e38  # / a tiny temperature overflows to inf
-    assert one(1, huge, temperature=1e-3, seed=0) == [int(FLAT.argmax())]
-    assert one(1, huge, temperature=1e-3, top_k=5, seed=0) == [int(FLAT.argmax())]
+def test_tiny_temperatures_and_fully_banned_rows_fall_back_to_argmax():
+    huge = FLAT * 1e30  # / a tiny temperature overflows float32 unless the sampler shifts by the max first
+    for params in (dict(temperature=1e-9), dict(temperature=1e-9, top_k=5), dict(temperature=1e-9, top_p=0.5)):
+        assert one(3, huge, seed=0, **params) == [int(FLAT.argmax())] * 3, params
+
+    def ban_all(output_ids, row):
+        return torch.full_like(row, float("-inf"))
+
+    for params in (dict(temperature=1.0), dict(temperature=1.0, top_k=5)):
+        (token, _, _), = Batch().add(seed=0, logits_processors=[ban_all], **params).step(FLAT)
+        assert 0 <= token < VOCAB  # nothing is allowed: a valid id rather than a crash or garbage
+
+
+def test_blocked_top_candidates_equal_torch_topk():
+    x = torch.randn(6, 4096, generator=torch.Generator().manual_seed(8))
+    x[2, :64] = 50.0 + torch.arange(64.0)  # the best tokens crowded into two blocks
+    for k in (1, 5, 31):
+        vals, ids = top_candidates(x, k)
+        want = torch.topk(x, k, dim=-1)
+        assert torch.equal(vals, want.values) and torch.equal(ids, want.indices)

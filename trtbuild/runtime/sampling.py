@@ -28,11 +28,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from trtbuild.runtime.interface import SamplingParams
 
-TOP_P_CANDIDATES = 1024  # a top-p-only row looks for its nucleus among its best 1024 tokens, else sorts all
+TOP_P_CANDIDATES = 256  # a top-p-only row looks for its nucleus among its best 256 tokens, else sorts all
 BLOCK = 256  # inverse-CDF draw: cumulative sums over blocks of 256 tokens, then inside the chosen block
 MASK64 = (1 << 64) - 1
 
@@ -43,6 +44,50 @@ def uniform(seed: int, position: int) -> float:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
     return ((z ^ (z >> 31)) >> 11) * 2.0 ** -53
+
+
+def inverse_cdf(probs: torch.Tensor, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """probs [P, V] float32 (unnormalised is fine), u [P] in [0, 1) -> (the token where each u falls in its
+    row's CDF, whether the row had a usable distribution). Two levels, so that only block sums and one
+    block per row are accumulated (in float64); the small work is numpy (a few us, not torch's tens)."""
+    n, vocab = probs.shape
+    full = vocab // BLOCK * BLOCK
+    sums = probs[:, :full].reshape(n, -1, BLOCK).sum(-1)
+    if full < vocab:
+        sums = torch.cat([sums, probs[:, full:].sum(-1, keepdim=True)], dim=1)
+    cum = sums.numpy().astype(np.float64).cumsum(1)
+    total = cum[:, -1]
+    ok = np.isfinite(total) & (total > 0)
+    target = u * np.where(ok, total, 0.0)
+    block = np.minimum((cum <= target[:, None]).sum(1), cum.shape[1] - 1)  # searchsorted, side right
+    before = np.where(block > 0, cum[np.arange(n), block - 1], 0.0)
+    cols = block[:, None] * BLOCK + np.arange(BLOCK)
+    inner = (probs.numpy()[np.arange(n)[:, None], np.minimum(cols, vocab - 1)] * (cols < vocab)).astype(np.float64)
+    inner = np.nan_to_num(inner).cumsum(1)
+    # float64 sums of float32 terms may round a hair past the block's total: stay inside the block
+    rest = np.minimum(target - before, np.nextafter(inner[:, -1], 0.0))
+    pos = np.minimum((inner <= rest[:, None]).sum(1), BLOCK - 1)
+    return block * BLOCK + pos, ok
+
+
+def rows_of(x: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """x[idx]: x itself when idx is every row in order, else index_select (a list index is several times
+    slower on wide rows)."""
+    if len(idx) == len(x) and idx == list(range(len(x))):
+        return x
+    return torch.index_select(x, 0, torch.tensor(idx))
+
+
+def top_candidates(x: torch.Tensor, k: int, width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk(x, k) of each row, sorted, about twice as fast on wide rows: the k best tokens lie in the
+    k blocks (of `width` tokens) with the highest maxima, so only those blocks are searched."""
+    rows, vocab = x.shape
+    if vocab % width or k * width * 4 > vocab:
+        return torch.topk(x, k, dim=-1)
+    blocks = torch.topk(x.view(rows, vocab // width, width).amax(-1), k, dim=-1).indices
+    cols = (blocks[:, :, None] * width + torch.arange(width)).view(rows, -1)
+    vals, at = torch.topk(x.gather(1, cols), k, dim=-1)
+    return vals, cols.gather(1, at)
 
 
 @dataclass
@@ -73,6 +118,7 @@ class Sampler:
     def __init__(self, vocab_size: int, eos_id: int, capacity: int, device: str = "cpu"):
         self.vocab_size, self.eos_id, self.capacity, self.device = vocab_size, eos_id, capacity, device
         self._counts: torch.Tensor | None = None  # [capacity, V] generated-token counts (penalties only)
+        self._seen: torch.Tensor | None = None
         self._in_prompt: torch.Tensor | None = None  # [capacity, V] prompt tokens (repetition penalty only)
 
     def start(self, params: SamplingParams, prompt_ids, row: int) -> SamplerState:
@@ -94,8 +140,10 @@ class Sampler:
         if state.counts:
             if self._counts is None:
                 self._counts = torch.zeros(self.capacity, self.vocab_size, device=self.device)
+                self._seen = torch.zeros(self.capacity, self.vocab_size, device=self.device)  # counts > 0, as 0/1
                 self._in_prompt = torch.zeros(self.capacity, self.vocab_size, dtype=torch.bool, device=self.device)
             self._counts[row].zero_()
+            self._seen[row].zero_()
             self._in_prompt[row].zero_()
             if p.repetition_penalty != 1 and len(prompt_ids):
                 self._in_prompt[row, torch.tensor(list(prompt_ids), dtype=torch.long, device=self.device)] = True
@@ -110,7 +158,7 @@ class Sampler:
         logits = logits.float()
         batch = len(states)
         want_lp = {i: j for j, i in enumerate(i for i, s in enumerate(states) if s.params.logprobs or s.params.top_logprobs)}
-        logprobs = torch.log_softmax(logits[list(want_lp)], dim=-1) if want_lp else None
+        logprobs = torch.log_softmax(rows_of(logits, list(want_lp)), dim=-1) if want_lp else None
         failed = self._edit(logits, states)
         tokens = torch.empty(batch, dtype=torch.long)
         greedy = [i for i, s in enumerate(states) if s.greedy]
@@ -118,7 +166,7 @@ class Sampler:
             tokens = logits.argmax(dim=-1)
         else:
             if greedy:
-                tokens[greedy] = logits[greedy].argmax(dim=-1)
+                tokens[greedy] = rows_of(logits, greedy).argmax(dim=-1)
             plain = [i for i, s in enumerate(states) if not s.greedy and not s.truncated]
             if plain:
                 tokens[plain] = self._draw_plain(logits, plain, states)
@@ -174,66 +222,51 @@ class Sampler:
         return failed
 
     def _penalize(self, logits: torch.Tensor, idx: list[int], states: list[SamplerState]) -> None:
-        rows = torch.tensor([states[i].row for i in idx])
+        """In place on the rows' logits, reading the rows' counts as a view when they are consecutive."""
+        rows = [states[i].row for i in idx]
         params = [states[i].params for i in idx]
-        sub = logits[idx]
-        counts = self._counts[rows]
-        seen = counts > 0
-        rep = torch.tensor([p.repetition_penalty for p in params])[:, None]
-        if (rep != 1).any():  # HF/vLLM rule, over prompt and output tokens
-            hit = (seen | self._in_prompt[rows]) & (rep != 1)
-            sub = torch.where(hit, torch.where(sub > 0, sub / rep, sub * rep), sub)
-        freq = torch.tensor([p.frequency_penalty for p in params])[:, None]
-        presence = torch.tensor([p.presence_penalty for p in params])[:, None]
-        sub = sub - counts * freq - seen * presence  # OpenAI rule, output tokens only
-        logits[idx] = sub
+        every = len(idx) == len(states)
+        sub = rows_of(logits, idx)
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            counts, seen = self._counts[rows[0]:rows[0] + len(rows)], self._seen[rows[0]:rows[0] + len(rows)]
+        else:
+            counts, seen = self._counts[rows], self._seen[rows]
+        rep = [p.repetition_penalty for p in params]
+        if any(r != 1 for r in rep):  # HF/vLLM rule, over prompt and output tokens
+            factor = torch.tensor(rep)[:, None]
+            hit = (seen > 0) | self._in_prompt[rows]
+            sub = torch.where(hit, torch.where(sub > 0, sub / factor, sub * factor), sub)
+        freq, presence = [p.frequency_penalty for p in params], [p.presence_penalty for p in params]
+        if any(freq):  # OpenAI rule, output tokens only
+            sub.addcmul_(counts, torch.tensor(freq)[:, None], value=-1)
+        if any(presence):
+            sub.addcmul_(seen, torch.tensor(presence)[:, None], value=-1)
+        if not every or any(r != 1 for r in rep):
+            logits.index_copy_(0, torch.tensor(idx), sub)
 
     def _draw_plain(self, logits: torch.Tensor, idx: list[int], states: list[SamplerState]) -> torch.Tensor:
         """softmax(logits / T) over the whole vocabulary, one inverse-CDF draw per row."""
-        x = logits if len(idx) == len(states) else logits[idx]
+        x = rows_of(logits, idx)  # the step's own logits: edited in place
         temps = [states[i].params.temperature for i in idx]
-        if any(t != 1 for t in temps):
-            x = x / torch.tensor(temps)[:, None]
-        probs = torch.softmax(x, dim=-1)
-        u = torch.tensor([uniform(states[i].seed, states[i].generated) for i in idx], dtype=torch.float64)
-        return self._inverse_cdf(probs, u, logits, idx)
-
-    def _inverse_cdf(self, probs: torch.Tensor, u: torch.Tensor, logits: torch.Tensor, idx: list[int]) -> torch.Tensor:
-        """probs [P, V] (unnormalised is fine), u [P] -> the token each u falls on in its row's CDF.
-        Two levels, so only block sums and one block of each row are accumulated in float64."""
-        n, vocab = probs.shape
-        full = vocab // BLOCK * BLOCK
-        sums = probs[:, :full].reshape(n, -1, BLOCK).sum(-1)
-        if full < vocab:
-            sums = torch.cat([sums, probs[:, full:].sum(-1, keepdim=True)], dim=1)
-        cum = sums.double().cumsum(-1)
-        total = cum[:, -1]
-        ok = torch.isfinite(total) & (total > 0)  # NaN/inf (overflow) or nothing allowed: fall back to argmax
-        target = u * total
-        block = torch.searchsorted(cum, target[:, None], right=True).clamp_(max=cum.shape[1] - 1)[:, 0]
-        before = torch.where(block > 0, cum.gather(1, (block - 1).clamp(min=0)[:, None])[:, 0], 0.0)
-        cols = block[:, None] * BLOCK + torch.arange(BLOCK)
-        valid = cols < vocab
-        inside = probs.gather(1, cols.clamp(max=vocab - 1)).double() * valid
-        inner = inside.cumsum(-1)
-        last = inner[:, -1:]
-        # float64 sums of float32 terms may round a hair past the block total: stay inside the block
-        rest = torch.minimum((target - before)[:, None], torch.nextafter(last, torch.zeros_like(last)))
-        pos = torch.searchsorted(inner, rest.clamp(min=0), right=True).clamp_(max=BLOCK - 1)[:, 0]
-        tokens = block * BLOCK + pos
-        if not bool(ok.all()):
-            bad = (~ok).nonzero()[:, 0]
-            tokens[bad] = torch.nan_to_num(logits[[idx[j] for j in bad.tolist()]]).argmax(dim=-1)
-        return tokens
+        if any(t != 1 for t in temps):  # exp((x - max) / T): no overflow whatever T, and x keeps its order
+            probs = x.sub_(x.amax(-1, keepdim=True)).div_(torch.tensor(temps)[:, None]).exp_()
+        else:
+            probs = torch.softmax(x, dim=-1)
+        u = np.array([uniform(states[i].seed, states[i].generated) for i in idx])
+        tokens, ok = inverse_cdf(probs, u)
+        if not ok.all():  # NaN/inf (an overflowing temperature) or nothing allowed: take the best token
+            for j in np.flatnonzero(~ok).tolist():
+                tokens[j] = int(torch.nan_to_num(x[j]).argmax())
+        return torch.from_numpy(tokens)
 
     def _draw_truncated(self, logits: torch.Tensor, idx: list[int], states: list[SamplerState]) -> torch.Tensor:
         """top-k and/or top-p rows: the nucleus among each row's best candidates, then the same draw."""
         params = [states[i].params for i in idx]
         want = [p.top_k if p.top_k > 0 else TOP_P_CANDIDATES for p in params]
         k = min(max(want), self.vocab_size)
-        x = logits[idx]
+        x = rows_of(logits, idx)
         temps = torch.tensor([p.temperature for p in params])[:, None]
-        vals, ids = torch.topk(x, k, dim=-1)  # sorted, best first; temperature keeps the order
+        vals, ids = top_candidates(x, k)  # sorted, best first; temperature keeps the order
         vals = vals.double() / temps
         limit = torch.tensor([min(w, k) for w in want])[:, None]
         in_k = torch.arange(k)[None, :] < limit
@@ -278,4 +311,6 @@ class Sampler:
                 rows.append(state.row)
                 toks.append(token)
         if rows:
-            self._counts.index_put_((torch.tensor(rows), torch.tensor(toks)), torch.ones(len(rows)), accumulate=True)
+            at = (torch.tensor(rows), torch.tensor(toks))
+            self._counts.index_put_(at, torch.ones(len(rows)), accumulate=True)
+            self._seen.index_put_(at, torch.ones(len(rows)))
