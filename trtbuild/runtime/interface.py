@@ -15,11 +15,13 @@ between the engine's thread and the caller's thread or event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import threading
 import time
 import uuid
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, Sequence
@@ -158,6 +160,75 @@ class EngineInfo(JSONMixin):
     can_score: bool = False  # Engine.score (teacher-forced log-probabilities) is available
 
 
+class LoopWaker:
+    """Wakes the consumers an event loop has waiting on streams, with one call_soon_threadsafe (one write
+    to the loop's self-pipe, one loop iteration) per batch of tokens instead of one per token. Inside
+    `batched_wakeups()` (an engine step emitting a token for every running request) nothing is scheduled
+    until the block ends; otherwise the first token schedules the loop and the ones emitted before it
+    runs ride along."""
+
+    _registry: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    _registry_lock = threading.Lock()
+    _held = threading.local()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = weakref.ref(loop)
+        self._lock = threading.Lock()
+        self._flags: list[asyncio.Event] = []
+        self._scheduled = False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> LoopWaker:
+        with cls._registry_lock:
+            waker = cls._registry.get(loop)
+            if waker is None:
+                waker = cls._registry[loop] = cls(loop)
+            return waker
+
+    def wake(self, flag: asyncio.Event) -> None:
+        """Any thread: set `flag` on the loop soon."""
+        with self._lock:
+            self._flags.append(flag)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        held = getattr(LoopWaker._held, "wakers", None)
+        if held is not None:
+            held.add(self)
+        else:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        loop = self._loop()
+        try:
+            if loop is None:
+                raise RuntimeError("the loop is gone")
+            loop.call_soon_threadsafe(self._run)
+        except RuntimeError:  # that loop is closed: its consumers are gone
+            with self._lock:
+                self._flags, self._scheduled = [], False
+
+    def _run(self) -> None:
+        with self._lock:
+            flags, self._flags, self._scheduled = self._flags, [], False
+        for flag in flags:
+            flag.set()
+
+
+@contextlib.contextmanager
+def batched_wakeups():
+    """Engine side: wake each waiting event loop once, when the block ends, for every token emitted in it."""
+    outer = getattr(LoopWaker._held, "wakers", None)
+    LoopWaker._held.wakers = held = set() if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            LoopWaker._held.wakers = None
+            for waker in held:
+                waker._schedule()
+
+
 class EngineError(RuntimeError):
     """The engine failed while running (a request's error, or the whole engine died)."""
 
@@ -188,7 +259,7 @@ class RequestStream:
                                 include_stop=params.include_stop_str_in_output, min_tokens=params.min_tokens)
         self._on_cancel = on_cancel
         self._cond = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._waiters: list[tuple[LoopWaker, asyncio.Event]] = []
 
     # --- engine side ------------------------------------------------------------------------------
     @property
@@ -257,11 +328,8 @@ class RequestStream:
                 self.timings.finished_ns = event.time_ns
             self._cond.notify_all()
             waiters = list(self._waiters)
-        for loop, flag in waiters:
-            try:
-                loop.call_soon_threadsafe(flag.set)
-            except RuntimeError:  # that loop is closed: its consumer is gone
-                pass
+        for waker, flag in waiters:
+            waker.wake(flag)
 
     # --- caller side ------------------------------------------------------------------------------
     @property
@@ -290,9 +358,10 @@ class RequestStream:
 
     async def aiter_batches(self) -> AsyncIterator[list[TokenEvent]]:
         """Async iteration that yields every event available at once (a server can coalesce them)."""
-        loop, flag = asyncio.get_running_loop(), asyncio.Event()
+        waiter = (LoopWaker.of(asyncio.get_running_loop()), asyncio.Event())
+        flag = waiter[1]
         with self._cond:
-            self._waiters.append((loop, flag))
+            self._waiters.append(waiter)
         seen = 0
         try:
             while True:
@@ -308,7 +377,7 @@ class RequestStream:
                     await flag.wait()
         finally:
             with self._cond:
-                self._waiters.remove((loop, flag))
+                self._waiters.remove(waiter)
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:
         async for batch in self.aiter_batches():

@@ -39,7 +39,7 @@ from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, verify_engine
 from trtbuild.runtime.fp8 import FP8, install_fp8_linears, kv_cache_scales, round_fp8
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
-                                        SamplingParams)
+                                        SamplingParams, batched_wakeups)
 from trtbuild.runtime.sampling import Sampler, SamplerState
 from trtbuild.tokenizer import Tokenizer
 
@@ -199,6 +199,7 @@ class TorchEngine(Engine):
         model_dir = self.engine_dir / "model"
         self.model = TorchModel(model_dir, self.device)
         self.tokenizer = Tokenizer.from_model_dir(model_dir)
+        self.tokenizer.piece_texts  # built now (0.1 s), not inside the first request's first token
         build = manifest.build
         self.max_batch_size = int(build["max_batch_size"])
         self.max_num_tokens = int(build.get("max_num_tokens") or 0) or None
@@ -362,13 +363,14 @@ class TorchEngine(Engine):
     def _sample(self, requests: list[_Request], logits: torch.Tensor) -> None:
         # On the CPU: the tokens are needed there anyway, and the sampler's per-request state lives there.
         sampled = self._sampler.sample(logits.cpu(), [r.sampler for r in requests])
-        for req, out in zip(requests, sampled):
-            if isinstance(out, Exception):  # that request's logits processor failed: it fails alone
-                req.stream.finish("error", error=f"sampling failed: {type(out).__name__}: {out}")
-                continue
-            token, logprob, top = out
-            req.next_token = token
-            req.stream.emit_token(token, logprob, top)
+        with batched_wakeups():  # one wake-up per consumer loop per step, not one per token
+            for req, out in zip(requests, sampled):
+                if isinstance(out, Exception):  # that request's logits processor failed: it fails alone
+                    req.stream.finish("error", error=f"sampling failed: {type(out).__name__}: {out}")
+                    continue
+                token, logprob, top = out
+                req.next_token = token
+                req.stream.emit_token(token, logprob, top)
 
     def _retire(self) -> None:
         """Free the slots of finished requests (done, stopped or cancelled)."""

@@ -49,9 +49,10 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
                 jobs.append((prompt, body.sampling_params(len(prompt), engine.info, choice=p * n + c)))
             except ContextLengthExceeded as exc:
                 raise bad_request(str(exc), param=param, code="context_length_exceeded") from None
-    renderer = Renderer(chat, state.model_name, state.token_texts, body.logprob_settings()[0], body.include_usage)
-    streams = state.submit(engine, jobs, renderer.id, param)
     prompt_tokens = sum(len(p) for p in prompts)
+    renderer = Renderer(chat, state.model_name, state.token_texts, body.logprob_settings()[0], body.include_usage,
+                        body.continuous_usage, prompt_tokens)
+    streams = state.submit(engine, jobs, renderer.id, param)
     record = request.scope.get("trtbuild") or AccessRecord(renderer.id)
     if body.stream:
         events = sse_events(state, renderer, streams, prompt_tokens, body.include_usage)

@@ -33,6 +33,7 @@ class Lenient(BaseModel):
 
 class StreamOptions(Strict):
     include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False  # vLLM: cumulative usage in every chunk (exact tokens per chunk)
 
 
 class ContentPart(Lenient):
@@ -110,6 +111,10 @@ class GenerationRequest(Strict):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.continuous_usage_stats)
 
     def check(self) -> None:
         """Request-level rules (beyond one field's type or range)."""
