@@ -97,3 +97,22 @@ def test_a_closed_loop_is_skipped():
     loop.close()
     waker.wake(asyncio.Event())  # no exception: the consumer is gone
     assert not waker._scheduled
+
+
+def test_observe_many_equals_one_observe_per_value():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from trtbuild.server.metrics import ITL_BUCKETS, observe_many
+
+    values = [0.0005, 0.001, 0.0011, 0.01, 0.0100001, 0.3, 2.5, 9.0, 0.02] * 3
+    texts = []
+    for bulk in (False, True):
+        registry = CollectorRegistry()
+        hist = Histogram("itl_seconds", "x", buckets=ITL_BUCKETS, registry=registry)
+        if bulk:
+            observe_many(hist, values)
+        else:
+            for v in values:
+                hist.observe(v)
+        texts.append([line for line in generate_latest(registry).decode().splitlines() if "_created" not in line])
+    assert texts[0] == texts[1] and 'itl_seconds_bucket{le="+Inf"} 27.0' in texts[1]
