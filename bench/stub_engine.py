@@ -81,6 +81,19 @@ class StubEngine(Engine):
             stream.finish("abort")
 
     def _loop(self) -> None:
+        profile = os.environ.get("STUB_PROFILE")
+        if profile:  # the engine thread's own profile, beside the event loop's
+            import cProfile
+
+            profiler = cProfile.Profile()
+            try:
+                profiler.runcall(self._steps)
+            finally:
+                profiler.dump_stats(profile + ".engine")
+        else:
+            self._steps()
+
+    def _steps(self) -> None:
         batched = getattr(interface, "batched_wakeups", contextlib.nullcontext)  # older checkouts lack it
         next_step = time.perf_counter()
         while True:
