@@ -9,7 +9,9 @@ request, over every request of the round (the prefill and first token excluded).
 engine loop as a server sees it (forward, sampling, the hand-off of every token to its stream), not the
 forward alone. Modes alternate inside each round (greedy, sampled, sampled, greedy, ...) so background
 load on a shared machine hits both alike; each ratio is taken within a round, and the median is reported,
-with the floor (the fastest round of each mode: contention only ever adds time) beside it.
+with the floor (the fastest round of each mode: contention only ever adds time) beside it, and the engine
+thread's CPU time per step (its own clock, time.pthread_getcpuclockid: the work done, which preemption by
+other processes does not inflate; the steadiest number on a shared machine).
 
 Targets (issue 13): sampled (temperature 1.0) step <= 1.10x greedy at batch 8 and 32; batch-8 step
 <= 2x batch-1 step.
@@ -41,18 +43,22 @@ def prompts_for(tokenizer, count: int, length: int = 64) -> list[list[int]]:
     return out
 
 
-def step_ms(engine, prompts, tokens: int, mode: str, seed: int) -> float:
+def step_ms(engine, prompts, tokens: int, mode: str, seed: int) -> tuple[float, float]:
+    """(wall ms, engine-thread CPU ms) of one decode step of this batch."""
     from trtbuild.runtime import SamplingParams
 
     params = [SamplingParams(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, seed=seed + i, **MODES[mode])
               for i in range(len(prompts))]
+    clock = time.pthread_getcpuclockid(engine._thread.ident)  # the engine thread's own CPU time
+    cpu0 = time.clock_gettime_ns(clock)
     streams = [engine.submit(p, sp) for p, sp in zip(prompts, params)]
     gaps = []
     for stream in streams:
         stream.result()
         stamps = [e.time_ns for e in stream.events if e.token_id >= 0]
         gaps += [b - a for a, b in zip(stamps[1:], stamps[2:])]  # decode steps only
-    return statistics.median(gaps) / 1e6
+    cpu = (time.clock_gettime_ns(clock) - cpu0) / tokens  # per step (the prefill step included)
+    return statistics.median(gaps) / 1e6, cpu / 1e6
 
 
 def profile(engine, prompts, tokens: int, mode: str) -> None:
@@ -112,11 +118,14 @@ def main(argv=None) -> int:
                 profile(engine, prompts[:args.profile], args.tokens, mode)
             return 0
         rows = {b: {m: [] for m in modes} for b in batches}
+        cpus = {b: {m: [] for m in modes} for b in batches}
         for r in range(args.rounds):
             for b in batches:
                 order = modes if r % 2 == 0 else modes[::-1]
                 for mode in order:
-                    rows[b][mode].append(step_ms(engine, prompts[:b], args.tokens, mode, seed=r * 1000))
+                    wall, cpu = step_ms(engine, prompts[:b], args.tokens, mode, seed=r * 1000)
+                    rows[b][mode].append(wall)
+                    cpus[b][mode].append(cpu)
         result = {"engine": engine.info.name, "tokens": args.tokens, "rounds": args.rounds,
                   "threads": getattr(engine, "threads", None), "load_average": os.getloadavg(), "batches": {}}
         for b in batches:
@@ -124,7 +133,9 @@ def main(argv=None) -> int:
             ratios = {m: statistics.median(x / g for x, g in zip(rows[b][m], rows[b]["greedy"]))
                       for m in modes if m != "greedy" and "greedy" in modes}
             best = {m: min(v) for m, v in rows[b].items()}  # contention only ever adds time: the floor
-            result["batches"][b] = {"step_ms": med, "min_step_ms": best, "rounds_ms": rows[b],
+            cpu = {m: statistics.median(v) for m, v in cpus[b].items()}
+            result["batches"][b] = {"step_ms": med, "min_step_ms": best, "rounds_ms": rows[b], "cpu_ms": cpu,
+                                    "cpu_ratio_to_greedy": {m: cpu[m] / cpu["greedy"] for m in ratios},
                                     "ratio_to_greedy": ratios,
                                     "min_ratio_to_greedy": {m: best[m] / best["greedy"] for m in ratios}}
         if "greedy" in modes and 1 in batches:
@@ -133,6 +144,8 @@ def main(argv=None) -> int:
             base = result["batches"][1]["min_step_ms"]["greedy"]
             result["min_greedy_step_vs_batch1"] = {b: result["batches"][b]["min_step_ms"]["greedy"] / base
                                                    for b in batches}
+            base = result["batches"][1]["cpu_ms"]["greedy"]
+            result["cpu_greedy_step_vs_batch1"] = {b: result["batches"][b]["cpu_ms"]["greedy"] / base for b in batches}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -146,6 +159,10 @@ def main(argv=None) -> int:
             ratios = "  ".join(f"{m}/greedy {x:.3f}" for m, x in row["min_ratio_to_greedy"].items())
             vs1 = result.get("min_greedy_step_vs_batch1", {}).get(b)
             print(f"  floor:   {cells}  {ratios}" + (f"  greedy vs batch 1: {vs1:.2f}x" if vs1 else ""))
+            cells = "  ".join(f"{m} {ms:6.2f} ms" for m, ms in row["cpu_ms"].items())
+            ratios = "  ".join(f"{m}/greedy {x:.3f}" for m, x in row["cpu_ratio_to_greedy"].items())
+            vs1 = result.get("cpu_greedy_step_vs_batch1", {}).get(b)
+            print(f"  cpu:     {cells}  {ratios}" + (f"  greedy vs batch 1: {vs1:.2f}x" if vs1 else ""))
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 from trtbuild.runtime.interface import LoopWaker, RequestStream, SamplingParams, TokenEvent, batched_wakeups
 from trtbuild.server.render import Renderer, TokenTexts
@@ -49,7 +50,7 @@ def test_a_step_of_tokens_wakes_a_loop_once_and_every_consumer_sees_its_tokens(t
     consumers (aiter_batches) get every token, and the loop was woken once per step, not per token."""
     params = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
     streams = [RequestStream(tokenizer, [1, 1032], params, max_seq_len=100) for _ in range(20)]
-    calls = []
+    calls, seen = [], []
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -65,6 +66,7 @@ def test_a_step_of_tokens_wakes_a_loop_once_and_every_consumer_sees_its_tokens(t
             got = []
             async for batch in stream.aiter_batches():
                 got += [e.token_id for e in batch]
+                seen.append(len(batch))
             return got
 
         tasks = [asyncio.ensure_future(consume(s)) for s in streams]
@@ -77,7 +79,8 @@ def test_a_step_of_tokens_wakes_a_loop_once_and_every_consumer_sees_its_tokens(t
                     for s in streams:
                         s.emit_token(1000 + step)
                 stepped.append(step)
-                while len(calls) <= step:  # the loop was woken for this step before the next one
+                deadline = time.monotonic() + 30
+                while sum(seen) < 20 * (step + 1) and time.monotonic() < deadline:  # every consumer got it
                     threading.Event().wait(0.001)
 
         thread = threading.Thread(target=engine)
