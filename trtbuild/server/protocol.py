@@ -113,8 +113,8 @@ class GenerationRequest(Strict):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
     @property
-    def continuous_usage(self) -> bool:
-        return bool(self.stream and self.stream_options and self.stream_options.continuous_usage_stats)
+    def continuous_usage(self) -> bool:  # as vLLM: only together with include_usage
+        return self.include_usage and bool(self.stream_options.continuous_usage_stats)
 
     def check(self) -> None:
         """Request-level rules (beyond one field's type or range)."""
