@@ -83,8 +83,9 @@ class TransformersServe:
         self.model = str(model_dir)  # transformers serve loads the model a request names
 
     def __enter__(self):
-        cmd = [str(self.venv / "bin" / "transformers"), "serve", "--device", "cpu", "--continuous-batching",
-               "--host", "127.0.0.1", "--port", str(self.port)]
+        # float32 as trtbuild computes on CPU (CPU fp16 matmuls are slow); the model preloaded (FORCE_MODEL)
+        cmd = [str(self.venv / "bin" / "transformers"), "serve", str(self.model_dir), "--device", "cpu",
+               "--dtype", "float32", "--continuous-batching", "--host", "127.0.0.1", "--port", str(self.port)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         env.pop("PYTHONPATH", None)
         pin = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None
