@@ -195,3 +195,22 @@ def test_cancel_ends_with_abort_and_blocks_later_tokens(tokenizer):
     result = stream.result()
     assert (result.finish_reason, result.token_ids, result.text) == ("abort", ids[:1], "one")
     assert cancelled == [stream]
+
+
+class _DecodeOnly:
+    """The tokenizer without piece_texts: TextStream then decodes every delta in full."""
+
+    def __init__(self, tokenizer):
+        self.decode = tokenizer.decode
+
+
+def test_the_plain_piece_shortcut_equals_full_decoding(tokenizer):
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):  # random contexts and outputs, a fifth of them control, byte and low ids
+        context = [rng.randrange(tokenizer.vocab_size) for _ in range(rng.choice([0, 1, 3, 6]))]
+        ids = [rng.randrange(tokenizer.vocab_size) if rng.random() < 0.8 else rng.randrange(3, 300) for _ in range(40)]
+        fast, slow = TextStream(tokenizer, context), TextStream(_DecodeOnly(tokenizer), context)
+        assert fast.pieces is not None and slow.pieces is None
+        assert [fast.push(t) for t in ids] + [fast.flush()] == [slow.push(t) for t in ids] + [slow.flush()]

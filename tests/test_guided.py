@@ -167,19 +167,27 @@ def test_logit_bias_and_best_of_checks():
     assert [sum(r.logprobs) for r in picked] == [-0.1, -0.5]
 
 
-def test_the_sampler_applies_the_mask_on_the_greedy_path_too(tokenizer):
-    from trtbuild.runtime.guided import logits_mask
-    from trtbuild.runtime.sampling import SamplerState, sample_batch
+def test_the_sampler_applies_bias_and_grammar_on_the_greedy_path_too(tokenizer):
+    from trtbuild.runtime.guided import grammar_processors
+    from trtbuild.runtime.sampling import Sampler
 
-    params = SamplingParams(temperature=0, logit_bias={"7": 100}, logprobs=True)
-    state = SamplerState(params, [1], tokenizer.eos_id, mask=logits_mask(params, tokenizer))
-    plain = SamplerState(SamplingParams(temperature=0, logprobs=True), [1], tokenizer.eos_id)
-    assert plain.mask is None and logits_mask(plain.params, tokenizer) is None  # the fast path stays fast
-    logits = torch.zeros(2, 32)
-    logits[:, 3] = 5.0
-    (biased, lp, _), (unbiased, _, _) = sample_batch(logits, [state, plain])
-    assert (biased, unbiased) == (7, 3)
+    vocab = 32768
+    sampler = Sampler(vocab, tokenizer.eos_id, capacity=3)
+    biased = sampler.start(SamplingParams(temperature=0, logit_bias={"7": 100}, logprobs=True), [1], row=0)
+    guide = SamplingParams(temperature=0, guided={"type": "json_object"})
+    guided = sampler.start(guide, [1], row=1)
+    guided.processors += grammar_processors(guide, tokenizer)
+    plain = sampler.start(SamplingParams(temperature=0), [1], row=2)
+    assert grammar_processors(plain.params, tokenizer) == []  # the batched fast path stays fast
+    logits = torch.zeros(3, vocab)
+    logits[:, 3] = 5.0  # [INST]: what an unconstrained greedy row picks
+    (b, lp, _), (g, _, _), (u, _, _) = sampler.sample(logits.clone(), [biased, guided, plain])
+    assert (b, u) == (7, 3)
     assert lp == pytest.approx(float(torch.log_softmax(logits[0], -1)[7]))  # logprobs of the raw model
+    # The grammar allows only the start of a JSON object: "{", after at most one leading space ("▁", or the
+    # byte piece <0x20>); all are tied at 0 here, so greedy takes one of them, never [INST].
+    piece = tokenizer.id_to_piece(g).replace("▁", " ").replace("<0x20>", " ")
+    assert g != 3 and piece.strip() in ("", "{"), tokenizer.id_to_piece(g)
 
 
 def test_guided_json_and_nim_nvext_are_json_schema_guides():

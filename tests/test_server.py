@@ -232,6 +232,20 @@ def test_stream_options_matrix(server, client, options):
         assert all(c.choices and c.usage is None for c in chunks)
 
 
+def test_continuous_usage_stats_tell_the_tokens_of_every_chunk(server, client):
+    """vLLM's stream_options.continuous_usage_stats: each chunk's cumulative usage, so a benchmark can
+    split a multi-token chunk's gap over its tokens (docs/benchmarks.md, itl_token)."""
+    for create, kw in ((client.completions.create, {"prompt": PROMPT}), (client.chat.completions.create,
+                                                                          {"messages": CHAT})):
+        chunks = list(create(model=server.model, max_tokens=9, temperature=0, stream=True, extra_body={"ignore_eos": True},
+                             stream_options={"include_usage": True, "continuous_usage_stats": True}, **kw))
+        counts = [c.usage.completion_tokens for c in chunks]
+        assert all(c.usage is not None and c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens
+                   for c in chunks)
+        assert counts == sorted(counts) and counts[-1] == 9 and chunks[-1].choices == []
+        assert counts[-2] == 9  # the last content chunk already counts every token
+
+
 def test_stream_options_without_stream_is_400(server, client):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=5,

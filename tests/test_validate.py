@@ -195,7 +195,10 @@ def test_summarization_check_on_a_local_file(workspace, engine_dirs, small_promp
          "highlights": "Paris is the capital of France."},
         {"article": "The weather was cold and windy all week, and the boats stayed in the harbour.",
          "highlights": "Cold, windy week; boats stayed in."}]))
-    result = validate_engine(workspace, engine_dirs["fp8"], prompts=small_prompts, max_tokens=12, progress=False,
+    # A copy: this verdict (2 articles, 12 tokens) must not become the shared fp8 engine's, which
+    # `trtbuild run` in test_cli_build reuses.
+    engine = shutil.copytree(engine_dirs["fp8"], tmp_path / engine_dirs["fp8"].name)
+    result = validate_engine(workspace, engine, prompts=small_prompts, max_tokens=12, progress=False,
                              summarize=str(articles), summarize_samples=5)
     m = result.metrics
     assert m.summaries == 2 and result.available["summarization"] and result.summary_set == str(articles)
@@ -207,7 +210,7 @@ def test_summarization_check_on_a_local_file(workspace, engine_dirs, small_promp
     assert any(c.threshold == "max_rouge1_drop" and c.status in ("pass", "fail") for c in result.checks)
 
 
-def test_engine_without_scores_is_not_validated(workspace, engine_dirs, small_prompts, monkeypatch):
+def test_engine_without_scores_is_not_validated(workspace, engine_dirs, small_prompts, monkeypatch, tmp_path):
     """A metric the gate depends on that could not be computed is never a silent pass (issue 11)."""
     from trtbuild.errors import EngineNotValidated
     from trtbuild.runtime.torch_runtime import TorchEngine
@@ -216,7 +219,8 @@ def test_engine_without_scores_is_not_validated(workspace, engine_dirs, small_pr
         raise NotImplementedError("built without gather_context_logits")
 
     monkeypatch.setattr(TorchEngine, "score", no_scores)
-    result = validate_engine(workspace, engine_dirs["fp16"], prompts=small_prompts, max_tokens=12, progress=False)
+    engine = shutil.copytree(engine_dirs["fp16"], tmp_path / engine_dirs["fp16"].name)  # keep the shared verdict
+    result = validate_engine(workspace, engine, prompts=small_prompts, max_tokens=12, progress=False)
     assert result.available["teacher_forced"] is False and result.metrics.top1 is None
     assert all(p.teacher_forced is None for p in result.prompts)
     unmeasured = {c.threshold for c in result.checks if c.status == "unmeasured"}
@@ -227,7 +231,7 @@ def test_engine_without_scores_is_not_validated(workspace, engine_dirs, small_pr
     with pytest.raises(EngineNotValidated, match="is not validated: teacher-forced top-1 agreement: could not") as err:
         result.raise_if_failed()
     assert err.value.exit_code == 5 and "--allow-unscored" in str(err.value)
-    allowed = validate_engine(workspace, engine_dirs["fp16"], prompts=small_prompts, max_tokens=12, progress=False,
+    allowed = validate_engine(workspace, engine, prompts=small_prompts, max_tokens=12, progress=False,
                               allow_unscored=True)
     assert allowed.passed and allowed.verdict == "pass" and allowed.allow_unscored  # the user's explicit choice
     allowed.raise_if_failed()

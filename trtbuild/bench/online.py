@@ -152,7 +152,7 @@ async def probe(session: aiohttp.ClientSession, url: str, model: str, api_key: s
             if resp.status == 200:
                 info["extensions"] = extensions
                 return info
-            if resp.status != 400:
+            if resp.status not in (400, 422):  # 422: FastAPI's validation error (transformers serve)
                 raise TrtbuildError(f"{where} answered HTTP {resp.status} to a probe request; "
                                     "check --url, --model, --endpoint and the API key")
     raise TrtbuildError(f"{where} rejects streaming requests (HTTP 400); is it OpenAI-compatible?")

@@ -5,6 +5,10 @@ byte-fallback pieces (<0xF0> <0x9F> ...) only become a character once the whole 
 So, like vLLM, TGI and trtllm-serve, we keep two offsets into the token list and emit only the text
 that decoding a longer window adds, never a trailing U+FFFD (a partial character).
 
+Most tokens are plain pieces whose text does not depend on their neighbours: for those (after a
+completed character) the delta is the piece's own text from Tokenizer.piece_texts, without decoding.
+tests/test_detok.py checks the shortcut against full decoding.
+
 Stop strings can span tokens: after each delta we search only the new tail, cut at the match, and hold
 back the last len(longest stop) - 1 characters so a stop string's prefix never reaches the caller.
 """
@@ -31,6 +35,7 @@ class TextStream:
         self.text = ""  # all text decoded so far (cut at a stop string once one matched)
         self.emitted = 0  # how much of self.text the caller has been given
         self.stopped: str | None = None
+        self.pieces = getattr(tokenizer, "piece_texts", None)  # the shortcut, where the tokenizer has it
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text the caller may be shown now."""
@@ -53,6 +58,14 @@ class TextStream:
         return self._release(len(self.text))
 
     def _decode_delta(self) -> str:
+        if self.read_offset == len(self.tokens) - 1 and self.pieces is not None:  # nothing pending before it
+            token = self.tokens[-1]
+            text = self.pieces[token] if 0 <= token < len(self.pieces) else None
+            if text:
+                if self.prefix_offset == self.read_offset and text[0] == " ":  # decoding drops a leading space
+                    text = text[1:]
+                self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+                return text
         decode = self.tokenizer.decode
         prefix_text = decode(self.tokens[self.prefix_offset:self.read_offset])
         new_text = decode(self.tokens[self.prefix_offset:])

@@ -200,6 +200,26 @@ class LogitsMask:
         return self.matcher
 
 
+class GrammarProcessor:
+    """A request's grammar as one of the torch sampler's logits processors (SamplingParams.logits_processors
+    form, f(output_ids, row) -> row): feeds the grammar the tokens sampled since its last call, then masks.
+    (logit_bias needs no processor: the sampler adds it for the whole batch at once.)"""
+
+    def __init__(self, tokenizer, guide: dict):
+        self.mask, self.fed = LogitsMask(tokenizer, None, guide), 0
+
+    def __call__(self, output_ids, row):
+        for token in output_ids[self.fed:]:
+            self.mask.advance(token)
+        self.fed = len(output_ids)
+        return self.mask.apply(row)
+
+
+def grammar_processors(params, tokenizer) -> list:
+    """The processors a request's guide needs (none without one: the sampler's batched fast path)."""
+    return [GrammarProcessor(tokenizer, params.guided)] if params.guided is not None else []
+
+
 def logits_mask(params, tokenizer) -> LogitsMask | None:
     """The mask a request needs, or None (the sampler's fast path)."""
     if not params.logit_bias and params.guided is None:

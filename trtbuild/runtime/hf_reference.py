@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 
 from trtbuild.runtime.interface import Engine, EngineInfo, RequestStream, SamplingParams
-from trtbuild.runtime.guided import logits_mask
-from trtbuild.runtime.sampling import SamplerState, sample_batch
+from trtbuild.runtime.guided import grammar_processors
+from trtbuild.runtime.sampling import Sampler
 from trtbuild.tokenizer import Tokenizer
 
 
@@ -83,12 +83,16 @@ class HFReferenceEngine(Engine):
     @torch.inference_mode()
     def _run(self, stream: RequestStream) -> None:
         stream.mark_scheduled()
-        state = SamplerState(stream.params, stream.prompt_token_ids, self.tokenizer.eos_id,
-                             mask=logits_mask(stream.params, self.tokenizer))
+        sampler = Sampler(self.model.config.vocab_size, self.tokenizer.eos_id, capacity=1)
+        state = sampler.start(stream.params, stream.prompt_token_ids, row=0)
+        state.processors += grammar_processors(stream.params, self.tokenizer)
         ids = torch.tensor([stream.prompt_token_ids], device=self.device)
         out = self.model(ids, use_cache=True)
         while True:
-            (token, logprob, top), = sample_batch(out.logits[:, -1], [state])
+            picked, = sampler.sample(out.logits[:, -1].float().cpu(), [state])
+            if isinstance(picked, Exception):
+                raise picked
+            token, logprob, top = picked
             if stream.emit_token(token, logprob, top) or stream.finished:
                 return
             out = self.model(torch.tensor([[token]], device=self.device), past_key_values=out.past_key_values,

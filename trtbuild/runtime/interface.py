@@ -26,6 +26,7 @@ from typing import AsyncIterator, Iterator, Sequence
 
 from trtbuild.errors import clip
 from trtbuild.runtime.detok import TextStream
+from trtbuild.runtime.wakeups import LoopWaker, batched_wakeups  # noqa: F401 - engines import it from here
 from trtbuild.tokenizer import Tokenizer
 
 FINISH_REASONS = ("stop", "length", "abort", "error")
@@ -62,9 +63,17 @@ class SamplingParams(JSONMixin):
     top_logprobs: int = 0  # and the k most likely alternatives at each position
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI)
     guided: dict | None = None  # a grammar the output must follow (trtbuild.runtime.guided)
+    # The hook for structured output: callables f(output_ids, logits_row) -> logits_row that the torch
+    # sampler applies to this request's row after penalties, before sampling. Not part of the JSON form.
+    logits_processors: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self):
         self.logit_bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}  # JSON keys are strings
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "logits_processors"}
+        return {**data, "stop": list(self.stop), "stop_token_ids": list(self.stop_token_ids),
+                "logit_bias": dict(self.logit_bias)}
 
     @property
     def greedy(self) -> bool:
@@ -82,9 +91,9 @@ class SamplingParams(JSONMixin):
             ("repetition_penalty", 0 < self.repetition_penalty <= 10, "must be in (0, 10]"),
             ("min_tokens", 0 <= self.min_tokens <= self.max_tokens, "must be in [0, max_tokens]"),
             ("top_logprobs", 0 <= self.top_logprobs <= 20, "must be in [0, 20]"),
+            ("logit_bias", all(-100 <= v <= 100 for v in self.logit_bias.values()), "values must be in [-100, 100]"),
             ("stop", len(self.stop) <= 16 and all(isinstance(s, str) and s for s in self.stop),
              "must be at most 16 non-empty strings"),
-            ("logit_bias", all(-100 <= v <= 100 for v in self.logit_bias.values()), "values must be in [-100, 100]"),
             ("guided", self.guided is None or self.guided.get("type") in ("json_object", "json_schema", "tool_calls"),
              "must be a json_object, json_schema or tool_calls guide"),
         ]
@@ -187,7 +196,7 @@ class RequestStream:
                                 include_stop=params.include_stop_str_in_output, min_tokens=params.min_tokens)
         self._on_cancel = on_cancel
         self._cond = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._waiters: list[tuple[LoopWaker, asyncio.Event]] = []
 
     # --- engine side ------------------------------------------------------------------------------
     @property
@@ -256,11 +265,8 @@ class RequestStream:
                 self.timings.finished_ns = event.time_ns
             self._cond.notify_all()
             waiters = list(self._waiters)
-        for loop, flag in waiters:
-            try:
-                loop.call_soon_threadsafe(flag.set)
-            except RuntimeError:  # that loop is closed: its consumer is gone
-                pass
+        for waker, flag in waiters:
+            waker.wake(flag)
 
     # --- caller side ------------------------------------------------------------------------------
     @property
@@ -289,9 +295,10 @@ class RequestStream:
 
     async def aiter_batches(self) -> AsyncIterator[list[TokenEvent]]:
         """Async iteration that yields every event available at once (a server can coalesce them)."""
-        loop, flag = asyncio.get_running_loop(), asyncio.Event()
+        waiter = (LoopWaker.of(asyncio.get_running_loop()), asyncio.Event())
+        flag = waiter[1]
         with self._cond:
-            self._waiters.append((loop, flag))
+            self._waiters.append(waiter)
         seen = 0
         try:
             while True:
@@ -307,7 +314,7 @@ class RequestStream:
                     await flag.wait()
         finally:
             with self._cond:
-                self._waiters.remove((loop, flag))
+                self._waiters.remove(waiter)
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:
         async for batch in self.aiter_batches():
@@ -352,6 +359,9 @@ class Engine(ABC):
         bad = [t for t in prompt_ids if not 0 <= t < self.info.vocab_size]
         if bad:
             raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.info.vocab_size})")
+        bad = [t for t in params.logit_bias if not 0 <= int(t) < self.info.vocab_size]
+        if bad:
+            raise ValueError(f"logit_bias token id {bad[0]} is outside the vocabulary [0, {self.info.vocab_size})")
         return RequestStream(self.tokenizer, prompt_ids, params, self.info.max_seq_len, request_id, on_cancel)
 
     @abstractmethod

@@ -15,8 +15,10 @@ How it works (gpt-fast style, the whole hot path is in this file):
 - A background thread loops: admit waiting requests into free slots (up to max_batch_size), prefill
   them together (right-padded, their first token comes from their last prompt position), then one
   batched decode step for every running request. Finished or cancelled requests free their slot at the
-  next step. Sampling is per request and seeded (trtbuild.runtime.sampling), so a request's tokens do not
-  depend on what else is in the batch.
+  next step. Running requests are kept in slot order, so when their slots are contiguous (the common
+  case) each layer attends over a view of the cache instead of a gathered copy.
+- Sampling is one batched pass over the step's logits (trtbuild.runtime.sampling), with counter-based
+  per-request seeds, so a request's tokens do not depend on what else is in the batch.
 - Compute dtype: float32 on CPU (CPU float16 matmuls are slow and lossy), the weights' dtype on CUDA.
 """
 
@@ -37,9 +39,9 @@ from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, verify_engine
 from trtbuild.runtime.fp8 import FP8, install_fp8_linears, kv_cache_scales, round_fp8
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
-                                        SamplingParams)
-from trtbuild.runtime.guided import logits_mask
-from trtbuild.runtime.sampling import SamplerState, sample_batch
+                                        SamplingParams, batched_wakeups)
+from trtbuild.runtime.guided import grammar_processors
+from trtbuild.runtime.sampling import Sampler, SamplerState
 from trtbuild.tokenizer import Tokenizer
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -97,15 +99,19 @@ class KVCache:
         self.v = torch.zeros_like(self.k)
 
     def update(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor,
-               v: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
+               v: torch.Tensor, upto: int, run: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, kv_heads, n, head_dim] at `positions` [B, n] of `slots` [B]; return this layer's
-        keys and values of those slots for positions [0, upto) as [B, kv_heads, upto, head_dim]."""
+        keys and values of those slots for positions [0, upto) as [B, kv_heads, upto, head_dim]: a view when
+        `run` says the slots are consecutive (no copy), else a gathered copy."""
         if self.scales is not None:
             k, v = round_fp8(k, self.scales[layer, 0]), round_fp8(v, self.scales[layer, 1])
         # Advanced indices on dims 0 and 2 put the indexed dims first: the target is [B, n, kv_heads, hd].
         self.k[layer][slots[:, None], :, positions] = k.transpose(1, 2)
         self.v[layer][slots[:, None], :, positions] = v.transpose(1, 2)
-        keys, values = self.k[layer][slots, :, :upto], self.v[layer][slots, :, :upto]
+        if run is not None:
+            keys, values = self.k[layer][run, :, :upto], self.v[layer][run, :, :upto]
+        else:
+            keys, values = self.k[layer][slots, :, :upto], self.v[layer][slots, :, :upto]
         if self.scales is not None:
             keys = keys.to(self.dtype) * self.scales[layer, 0].to(self.dtype)
             values = values.to(self.dtype) * self.scales[layer, 1].to(self.dtype)
@@ -130,9 +136,10 @@ class TorchModel:
                        self.dtype, self.device, self.kv_scales)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor, starts: torch.Tensor,
-                last: torch.Tensor | None = None) -> torch.Tensor:
+                last: torch.Tensor | None = None, run: slice | None = None) -> torch.Tensor:
         """tokens [B, n] at positions starts[b] + (0..n-1) of cache slots[b] -> float32 logits of the
-        positions `last` selects in each row: last [B] -> [B, V]; last [B, k] -> [B, k, V]; None -> [B, n, V]."""
+        positions `last` selects in each row: last [B] -> [B, V]; last [B, k] -> [B, k, V]; None -> [B, n, V].
+        run: slice(first, first + B) when slots are exactly those (attention then reads a view)."""
         m = self.hf.model
         batch, n = tokens.shape
         positions = starts[:, None] + torch.arange(n, device=self.device)  # [B, n]
@@ -144,20 +151,20 @@ class TorchModel:
         cos, sin = m.rotary_emb(x, positions)
         for i, layer in enumerate(m.layers):
             x = x + self._attention(layer.self_attn, layer.input_layernorm(x), i, cos, sin, cache, slots,
-                                    positions, mask, upto)
+                                    positions, mask, upto, run)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         if last is not None:  # the lm_head (the largest matmul of a small model) only where it is needed
             rows = torch.arange(batch, device=self.device).view(-1, *([1] * (last.dim() - 1)))
             x = x[rows, last]
         return self.hf.lm_head(m.norm(x)).float()
 
-    def _attention(self, attn, h, layer, cos, sin, cache, slots, positions, mask, upto):
+    def _attention(self, attn, h, layer, cos, sin, cache, slots, positions, mask, upto, run):
         batch, n, _ = h.shape
         q = attn.q_proj(h).view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        keys, values = cache.update(layer, slots, positions, k, v, upto)
+        keys, values = cache.update(layer, slots, positions, k, v, upto, run)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         return attn.o_proj(out.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
 
@@ -165,7 +172,7 @@ class TorchModel:
 @dataclass
 class _Request:
     stream: RequestStream
-    sampler: SamplerState
+    sampler: SamplerState | None = None  # set when admitted
     slot: int = -1
     length: int = 0  # tokens in the KV cache
     next_token: int = -1  # sampled, not yet in the cache
@@ -193,6 +200,7 @@ class TorchEngine(Engine):
         model_dir = self.engine_dir / "model"
         self.model = TorchModel(model_dir, self.device)
         self.tokenizer = Tokenizer.from_model_dir(model_dir)
+        self.tokenizer.piece_texts  # built now (0.1 s), not inside the first request's first token
         build = manifest.build
         self.max_batch_size = int(build["max_batch_size"])
         self.max_num_tokens = int(build.get("max_num_tokens") or 0) or None
@@ -207,6 +215,7 @@ class TorchEngine(Engine):
         self._check_precision(manifest)
         self._cache = self.model.new_cache(self.max_batch_size, max_seq_len)
         self._free_slots = list(range(self.max_batch_size - 1, -1, -1))
+        self._sampler = Sampler(self.model.config.vocab_size, self.tokenizer.eos_id, self.max_batch_size)
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._cv = threading.Condition()
@@ -233,9 +242,7 @@ class TorchEngine(Engine):
         stream = self.new_stream(prompt_ids, params, request_id, on_cancel=self._wake)
         with self._cv:
             self._check_alive()
-            sampler = SamplerState(params, list(prompt_ids), self.tokenizer.eos_id,
-                                   mask=logits_mask(params, self.tokenizer))
-            self._waiting.append(_Request(stream, sampler))
+            self._waiting.append(_Request(stream))
             self._cv.notify()
         return stream
 
@@ -310,11 +317,17 @@ class TorchEngine(Engine):
             req = self._waiting.popleft()
             if req.stream.finished:  # cancelled while it waited
                 continue
-            req.slot = self._free_slots.pop()
-            req.stream.mark_scheduled()
+            self._start(req)
             admitted.append(req)
-        self._running.extend(admitted)
+        if admitted:
+            self._running = sorted(self._running + admitted, key=lambda r: r.slot)  # slot order: see KVCache
         return admitted
+
+    def _start(self, req: _Request) -> None:
+        req.slot = self._free_slots.pop()
+        req.sampler = self._sampler.start(req.stream.params, req.prompt, row=req.slot)
+        req.sampler.processors += grammar_processors(req.stream.params, self.tokenizer)  # structured output
+        req.stream.mark_scheduled()
 
     def _prefill(self, requests: list[_Request]) -> None:
         """Right-padded batches of whole prompts, each at most max_num_tokens padded tokens."""
@@ -340,33 +353,26 @@ class TorchEngine(Engine):
     def _decode(self, requests: list[_Request]) -> None:
         tokens = self._tensor([[r.next_token] for r in requests])
         starts = self._tensor([r.length for r in requests])
+        first, count = requests[0].slot, len(requests)
+        consecutive = requests[-1].slot - first == count - 1  # _running is in slot order
         logits = self.model.forward(tokens, self._cache, self._slots(requests), starts,
-                                    last=torch.zeros(len(requests), dtype=torch.long, device=self.device))
+                                    last=torch.zeros(count, dtype=torch.long, device=self.device),
+                                    run=slice(first, first + count) if consecutive else None)
         for req in requests:
             req.length += 1
         self._sample(requests, logits)
 
     def _sample(self, requests: list[_Request], logits: torch.Tensor) -> None:
-        # On the CPU: each request's seeded generator lives there (and the tokens are needed there anyway).
-        logits = logits.cpu()
-        try:
-            sampled = sample_batch(logits, [r.sampler for r in requests])
-        except Exception:  # one request's settings broke sampling: fail that request, not the whole batch
-            sampled = [self._sample_one(req, logits[i:i + 1]) for i, req in enumerate(requests)]
-        for req, out in zip(requests, sampled):
-            if out is None:
-                continue
-            token, logprob, top = out
-            req.next_token = token
-            req.stream.emit_token(token, logprob, top)
-
-    @staticmethod
-    def _sample_one(req: _Request, logits: torch.Tensor):
-        try:
-            return sample_batch(logits, [req.sampler])[0]
-        except Exception as exc:
-            req.stream.finish("error", error=f"sampling failed: {type(exc).__name__}: {exc}")
-            return None
+        # On the CPU: the tokens are needed there anyway, and the sampler's per-request state lives there.
+        sampled = self._sampler.sample(logits.cpu(), [r.sampler for r in requests])
+        with batched_wakeups():  # one wake-up per consumer loop per step, not one per token
+            for req, out in zip(requests, sampled):
+                if isinstance(out, Exception):  # that request's logits processor failed: it fails alone
+                    req.stream.finish("error", error=f"sampling failed: {type(out).__name__}: {out}")
+                    continue
+                token, logprob, top = out
+                req.next_token = token
+                req.stream.emit_token(token, logprob, top)
 
     def _retire(self) -> None:
         """Free the slots of finished requests (done, stopped or cancelled)."""
@@ -376,7 +382,8 @@ class TorchEngine(Engine):
         if done:
             with self._cv:
                 self._running = keep
-                self._free_slots.extend(r.slot for r in done)
+                # lowest slots first (pop() takes the last): running requests stay packed at the bottom
+                self._free_slots = sorted([*self._free_slots, *(r.slot for r in done)], reverse=True)
 
     def _end_all(self, reason: str, error: str | None) -> None:
         with self._cv:

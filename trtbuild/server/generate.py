@@ -55,9 +55,9 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
         params = [plan.adjust(body.sampling_params(len(prompt), engine.info, choice=p * n + c)) for c in range(n)]
         check_context(len(prompt), max_tokens, engine.info, chat)
         jobs += [(prompt, sp) for sp in params]
-    renderer = plan.renderer(chat, state.model_name, state.token_texts, body.logprob_settings()[0],
-                             body.include_usage)
     prompt_tokens = sum(len(p) for p in prompts)
+    renderer = plan.renderer(chat, state.model_name, state.token_texts, body.logprob_settings()[0],
+                             body.include_usage, body.continuous_usage, prompt_tokens)
     if plan.echo_only:
         return json_response(await plan.response(engine, renderer, prompts, [], prompt_tokens))
     streams = state.submit(engine, jobs, renderer.id, param)

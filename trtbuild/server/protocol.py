@@ -34,6 +34,7 @@ class Lenient(BaseModel):
 
 class StreamOptions(Strict):
     include_usage: Bool | None = False
+    continuous_usage_stats: Bool | None = False  # vLLM: cumulative usage in every chunk (exact tokens per chunk)
 
 
 class ContentPart(Lenient):
@@ -126,6 +127,10 @@ class GenerationRequest(Strict):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:  # as vLLM: only together with include_usage
+        return self.include_usage and bool(self.stream_options.continuous_usage_stats)
 
     def check(self) -> None:
         """Request-level rules (beyond one field's type or range)."""

@@ -90,8 +90,14 @@ def _finite(value: float) -> float:
 class Renderer:
     """Builds one request's bodies (chat or text completion); knows its id, model and options."""
 
-    def __init__(self, chat: bool, model: str, texts: TokenTexts, logprobs: bool, include_usage: bool):
+    def __init__(self, chat: bool, model: str, texts: TokenTexts, logprobs: bool, include_usage: bool,
+                 continuous_usage: bool = False, prompt_tokens: int = 0):
         self.chat, self.model, self.texts, self.logprobs = chat, model, texts, logprobs
+        # vLLM's stream_options.continuous_usage_stats: every chunk carries the usage so far (completion
+        # tokens of that choice), so a client knows how many tokens each chunk delivered
+        self.continuous = continuous_usage
+        self.prompt_tokens = prompt_tokens
+        self._completion: dict[int, int] = {}
         self.id = new_id("chatcmpl" if chat else "cmpl")
         self.created = int(time.time())
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -102,18 +108,26 @@ class Renderer:
         # the common chunk (text only) as a template: the hot path of a busy server
         self._text_open = '{"index":%d,"delta":{"content":' if chat else '{"index":%d,"text":'
         self._text_close = ('},' if chat else ',') + '"logprobs":null,"finish_reason":null}' + self._tail
+        if continuous_usage:
+            self._text_close = self._text_close[:-len(self._tail)]
         self._text_offsets: dict[int, int] = {}
 
     # --- streaming -----------------------------------------------------------------------------------
     def role_chunk(self, index: int) -> str:
         return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                            "finish_reason": None})
+                            "finish_reason": None}, index)
 
     def delta_chunk(self, index: int, events: list[TokenEvent], finish_reason: str | None) -> str | None:
         """The chunk for every event of one choice that arrived at once; None when it carries nothing."""
         text = events[0].text if len(events) == 1 else "".join(e.text for e in events)
+        if self.continuous:
+            tokens = sum(1 for e in events if e.token_id >= 0)
+            self._completion[index] = self._completion.get(index, 0) + tokens
         if finish_reason is None and not self.logprobs:
-            return self._head + self._text_open % index + _compact(text) + self._text_close if text else None
+            if not text:
+                return None
+            tail = self._usage_tail(index) if self.continuous else ""
+            return self._head + self._text_open % index + _compact(text) + self._text_close + tail
         logprobs = None
         if self.logprobs:
             entries = listed(events, self.texts.tokenizer.control_ids)
@@ -126,15 +140,20 @@ class Renderer:
                       "logprobs": logprobs, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-        return self._chunk(choice)
+        return self._chunk(choice, index)
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> str:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         return sse({"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": [],
                     "usage": usage(prompt_tokens, completion_tokens)})
 
-    def _chunk(self, choice: dict) -> str:
-        return self._head + _compact(choice) + self._tail
+    def _chunk(self, choice: dict, index: int = 0) -> str:
+        return self._head + _compact(choice) + (self._usage_tail(index) if self.continuous else self._tail)
+
+    def _usage_tail(self, index: int) -> str:
+        done = self._completion.get(index, 0)
+        return (f'],"usage":{{"prompt_tokens":{self.prompt_tokens},"completion_tokens":{done},'
+                f'"total_tokens":{self.prompt_tokens + done}}}}}\n\n')
 
     def _logprobs(self, entries: list[TokenEvent], index: int, text: str) -> dict:
         if self.chat:

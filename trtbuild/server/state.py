@@ -7,6 +7,7 @@ and runs its own loop (trtbuild.runtime.interface).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -31,6 +32,14 @@ class ServerSettings:
     max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies -> 413
     shutdown_timeout: float = 10.0  # seconds in-flight requests get to finish on SIGTERM before being cancelled
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # headers, timeouts, connections
+
+
+def freeze_heap() -> None:
+    """Move everything loaded so far (torch, transformers, the model's modules: millions of objects) out
+    of the garbage collector's sight, as vLLM's server does: full collections triggered by per-token
+    garbage no longer rescan it (they took ~13% of a busy server's CPU)."""
+    gc.collect()
+    gc.freeze()
 
 
 class ServerState:
@@ -62,11 +71,13 @@ class ServerState:
     def start_loading(self, on_error: Callable[[Exception], None] | None = None) -> None:
         """Load the engine in a thread, so the socket answers (/health 503) while weights load."""
         if self._loader is None:
+            freeze_heap()
             return
 
         def load():
             try:
                 self.engine = self._loader()
+                freeze_heap()
                 log.info("engine %s loaded", self.engine.info.name)
             except Exception as exc:  # noqa: BLE001 - reported through /health and the serve command
                 self.load_error = str(exc) if isinstance(exc, TrtbuildError) else f"{type(exc).__name__}: {exc}"

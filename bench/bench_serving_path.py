@@ -1,0 +1,114 @@
+"""Can the server keep up with a GPU? The real server over a stub engine (bench/stub_engine.py) at a fixed
+step time, driven by `trtbuild bench --url` (issue 13, item 3).
+
+    .venv/bin/python bench/bench_serving_path.py --step-ms 10 --streams 64,256 [--rounds 2]
+    .venv/bin/python bench/bench_serving_path.py --streams 256 --base /tmp/perf-base    # A/B against a checkout
+
+Each run starts the stub server (pinned to the first CPU) and runs `trtbuild bench --url` (pinned to the
+others) in closed loop at `streams` concurrency, `--output-len` tokens per request (ignore_eos), so at
+most `streams` tokens are due every step: ideal output tok/s = streams x 1000 / step_ms x out / (out + 1)
+(each request also waits one step for its first token). Reported per run: output tok/s and its share of
+the ideal, ITL p99 (per token, from continuous usage where the server sends it) in steps, TTFT p50, the
+server's CPU time per token (/proc: what each token costs the serving process, the number that decides
+how many streams one core can carry), and the client's own verdict (event-loop lag). With --base, rounds
+alternate between this checkout and another (its trtbuild on PYTHONPATH, this stub engine), so both see
+the same machine load. Target: >= 90% of ideal with ITL p99 < 2 steps at 10 ms and 256 streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pin(cpus: set[int] | None):
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
+def one_run(code: Path, step_ms: float, streams: int, args) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1"}
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (None, None)
+    server = subprocess.Popen([sys.executable, str(HERE / "stub_engine.py"), "--port", "0", "--step-ms", str(step_ms),
+                               "--max-batch-size", str(max(streams, 1))], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, preexec_fn=pin(server_cpus))
+    try:
+        info = json.loads(server.stdout.readline())
+        with tempfile.TemporaryDirectory() as ws:
+            cmd = [sys.executable, "-m", "trtbuild.cli", "--workspace", ws, "bench", "--url", info["url"],
+                   "--model", info["model"], "--concurrency", str(streams), "--num-requests",
+                   str(args.requests_per_stream * streams), "--warmup", str(streams), "--input-len", str(args.input_len),
+                   "--output-len", str(args.output_len), "--json", "--no-progress"]
+            cpu0 = cpu_seconds(server.pid)
+            started = time.perf_counter()
+            bench = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin(client_cpus),
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+            wall = time.perf_counter() - started
+            cpu = cpu_seconds(server.pid) - cpu0
+        if bench.returncode not in (0, 1):
+            raise SystemExit(f"trtbuild bench failed: {bench.stderr[-2000:]}")
+        run = json.loads(bench.stdout)["runs"][0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lat, tput = run["latency_ms"], run["throughput"]
+    metric = next((m for m in ("itl_token", "itl_chunk") if (lat.get(m) or {}).get("p99") is not None), "itl_chunk")
+    itl = lat.get(metric) or {}
+    ideal = streams * 1000 / step_ms * args.output_len / (args.output_len + 1)
+    tokens = (args.requests_per_stream + 1) * streams * args.output_len  # warm-up included, as in the CPU time
+    return {"code": str(code), "step_ms": step_ms, "streams": streams, "output_tok_s": round(tput["output_tokens_per_s"], 1),
+            "ideal_tok_s": round(ideal, 1), "share_of_ideal": round(tput["output_tokens_per_s"] / ideal, 3),
+            "itl_p99_ms": itl.get("p99"), "itl_p99_steps": round(itl["p99"] / step_ms, 2) if itl.get("p99") else None,
+            "itl_metric": metric,
+            "ttft_p50_ms": (lat.get("ttft") or {}).get("p50"), "server_cpu_us_per_token": round(cpu / tokens * 1e6, 1),
+            "bench_wall_s": round(wall, 1), "client_valid": run["validity"]["valid"],
+            "client_reasons": run["validity"]["reasons"], "extensions": run["target"].get("extensions"),
+            "load_average": os.getloadavg()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--step-ms", type=float, default=10.0)
+    parser.add_argument("--streams", default="256", help="comma-separated concurrency levels")
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--input-len", type=int, default=32)
+    parser.add_argument("--requests-per-stream", type=int, default=2, help="measured requests = this x streams")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--base", type=Path, default=None, help="another checkout to alternate with (A/B)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    codes = [ROOT] + ([args.base.resolve()] if args.base else [])
+    runs = []
+    for r in range(args.rounds):
+        for streams in [int(s) for s in args.streams.split(",")]:
+            for code in (codes if r % 2 == 0 else codes[::-1]):
+                run = one_run(code, args.step_ms, streams, args)
+                runs.append(run)
+                print(f"{Path(run['code']).name:>12} {streams:4d} streams: {run['output_tok_s']:8.1f} tok/s "
+                      f"({run['share_of_ideal']:.0%} of {run['ideal_tok_s']:.0f}), {run['itl_metric']} p99 "
+                      f"{run['itl_p99_steps']} steps, TTFT p50 {run['ttft_p50_ms']:.1f} ms, server "
+                      f"{run['server_cpu_us_per_token']} us CPU/token, "
+                      f"client {'ok' if run['client_valid'] else 'INVALID'}, load {run['load_average'][0]:.1f}",
+                      file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Decode-step time of the torch engine at several batch sizes, greedy against sampled (issue 13).
+
+    .venv/bin/python bench/bench_step.py --workspace WS [--engine fp16] [--batch 1,8,32] [--rounds 3]
+    .venv/bin/python bench/bench_step.py --workspace WS --profile 8      # torch.profiler table of one batch
+
+A round submits `batch` requests at once (64-token prompts, `--tokens` output tokens each, ignore_eos) and
+takes the step time from the engine's own token stamps: the median gap between consecutive tokens of a
+request, over every request of the round (the prefill and first token excluded). That is the whole
+engine loop as a server sees it (forward, sampling, the hand-off of every token to its stream), not the
+forward alone. Modes alternate inside each round (greedy, sampled, sampled, greedy, ...) so background
+load on a shared machine hits both alike; each ratio is taken within a round, and the median is reported,
+with the floor (the fastest round of each mode: contention only ever adds time) beside it, and the engine
+thread's CPU time per step (its own clock, time.pthread_getcpuclockid: the work done, which preemption by
+other processes does not inflate; the steadiest number on a shared machine).
+
+Targets (issue 13): sampled (temperature 1.0) step <= 1.10x greedy at batch 8 and 32; batch-8 step
+<= 2x batch-1 step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+MODES = {
+    "greedy": dict(temperature=0.0),
+    "sampled": dict(temperature=1.0),
+    "top_k_p": dict(temperature=0.8, top_k=50, top_p=0.95),
+    "penalties": dict(temperature=1.0, frequency_penalty=0.5, presence_penalty=0.5, repetition_penalty=1.1),
+}
+
+
+def prompts_for(tokenizer, count: int, length: int = 64) -> list[list[int]]:
+    words = "the cat river market winter garden story music window light stone city".split()
+    out = []
+    for i in range(count):
+        text = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(length * 2))
+        out.append(tokenizer.encode(text)[:length])
+    return out
+
+
+def step_ms(engine, prompts, tokens: int, mode: str, seed: int) -> tuple[float, float]:
+    """(wall ms, engine-thread CPU ms) of one decode step of this batch."""
+    from trtbuild.runtime import SamplingParams
+
+    params = [SamplingParams(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, seed=seed + i, **MODES[mode])
+              for i in range(len(prompts))]
+    clock = time.pthread_getcpuclockid(engine._thread.ident)  # the engine thread's own CPU time
+    cpu0 = time.clock_gettime_ns(clock)
+    streams = [engine.submit(p, sp) for p, sp in zip(prompts, params)]
+    gaps = []
+    for stream in streams:
+        stream.result()
+        stamps = [e.time_ns for e in stream.events if e.token_id >= 0]
+        gaps += [b - a for a, b in zip(stamps[1:], stamps[2:])]  # decode steps only
+    cpu = (time.clock_gettime_ns(clock) - cpu0) / tokens  # per step (the prefill step included)
+    return statistics.median(gaps) / 1e6, cpu / 1e6
+
+
+def profile(engine, prompts, tokens: int, mode: str) -> None:
+    """Drive the engine's own prefill/decode/sample methods from this thread, under torch.profiler (the
+    profiler records the thread that starts it; the engine thread sleeps meanwhile: nothing is queued)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    from trtbuild.runtime import SamplingParams
+    from trtbuild.runtime.torch_runtime import _Request
+
+    params = SamplingParams(max_tokens=tokens + 2, min_tokens=tokens + 2, ignore_eos=True, **MODES[mode])
+    torch.set_num_threads(engine.threads)
+    reqs = [_Request(engine.new_stream(p, params)) for p in prompts]
+    with torch.inference_mode():
+        for req in reqs:
+            engine._start(req)
+        engine._running = reqs
+        engine._prefill(reqs)
+        engine._decode(reqs)  # warm
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for _ in range(tokens):
+                engine._decode(reqs)
+            took = (time.perf_counter() - start) / tokens * 1e3
+        with engine._cv:  # hand the slots back without waking the engine thread (nothing else runs)
+            engine._running = []
+            engine._free_slots = sorted([*engine._free_slots, *(r.slot for r in reqs)], reverse=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    print(f"{took:.2f} ms per step under the profiler")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", default=None, help="trtbuild workspace [default: $TRTBUILD_WORKSPACE]")
+    parser.add_argument("--engine", default="fp16", help="engine path, variant or key prefix")
+    parser.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes")
+    parser.add_argument("--modes", default="greedy,sampled", help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--tokens", type=int, default=64, help="output tokens per request")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, metavar="BATCH", help="profile one batch and exit")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    from trtbuild.runtime import load_engine
+    from trtbuild.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    batches = [int(b) for b in args.batch.split(",")]
+    modes = args.modes.split(",")
+    with load_engine(ws.resolve_engine(args.engine)) as engine:
+        prompts = prompts_for(engine.tokenizer, max(batches + [args.profile]))
+        step_ms(engine, prompts[:4], 8, "sampled", 0)  # warm-up
+        if args.profile:
+            for mode in modes:
+                print(f"== {mode}, batch {args.profile}")
+                profile(engine, prompts[:args.profile], args.tokens, mode)
+            return 0
+        rows = {b: {m: [] for m in modes} for b in batches}
+        cpus = {b: {m: [] for m in modes} for b in batches}
+        for r in range(args.rounds):
+            for b in batches:
+                order = modes if r % 2 == 0 else modes[::-1]
+                for mode in order:
+                    wall, cpu = step_ms(engine, prompts[:b], args.tokens, mode, seed=r * 1000)
+                    rows[b][mode].append(wall)
+                    cpus[b][mode].append(cpu)
+        result = {"engine": engine.info.name, "tokens": args.tokens, "rounds": args.rounds,
+                  "threads": getattr(engine, "threads", None), "load_average": os.getloadavg(), "batches": {}}
+        for b in batches:
+            med = {m: statistics.median(v) for m, v in rows[b].items()}
+            ratios = {m: statistics.median(x / g for x, g in zip(rows[b][m], rows[b]["greedy"]))
+                      for m in modes if m != "greedy" and "greedy" in modes}
+            best = {m: min(v) for m, v in rows[b].items()}  # contention only ever adds time: the floor
+            cpu = {m: statistics.median(v) for m, v in cpus[b].items()}
+            result["batches"][b] = {"step_ms": med, "min_step_ms": best, "rounds_ms": rows[b], "cpu_ms": cpu,
+                                    "cpu_ratio_to_greedy": {m: cpu[m] / cpu["greedy"] for m in ratios},
+                                    "ratio_to_greedy": ratios,
+                                    "min_ratio_to_greedy": {m: best[m] / best["greedy"] for m in ratios}}
+        if "greedy" in modes and 1 in batches:
+            base = result["batches"][1]["step_ms"]["greedy"]
+            result["greedy_step_vs_batch1"] = {b: result["batches"][b]["step_ms"]["greedy"] / base for b in batches}
+            base = result["batches"][1]["min_step_ms"]["greedy"]
+            result["min_greedy_step_vs_batch1"] = {b: result["batches"][b]["min_step_ms"]["greedy"] / base
+                                                   for b in batches}
+            base = result["batches"][1]["cpu_ms"]["greedy"]
+            result["cpu_greedy_step_vs_batch1"] = {b: result["batches"][b]["cpu_ms"]["greedy"] / base for b in batches}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['engine']}, {args.tokens} tokens, median of {args.rounds} rounds, load {os.getloadavg()}")
+        for b, row in result["batches"].items():
+            cells = "  ".join(f"{m} {ms:6.2f} ms" for m, ms in row["step_ms"].items())
+            ratios = "  ".join(f"{m}/greedy {x:.3f}" for m, x in row["ratio_to_greedy"].items())
+            vs1 = result.get("greedy_step_vs_batch1", {}).get(b)
+            print(f"batch {b:3d}: {cells}  {ratios}" + (f"  greedy vs batch 1: {vs1:.2f}x" if vs1 else ""))
+            cells = "  ".join(f"{m} {ms:6.2f} ms" for m, ms in row["min_step_ms"].items())
+            ratios = "  ".join(f"{m}/greedy {x:.3f}" for m, x in row["min_ratio_to_greedy"].items())
+            vs1 = result.get("min_greedy_step_vs_batch1", {}).get(b)
+            print(f"  floor:   {cells}  {ratios}" + (f"  greedy vs batch 1: {vs1:.2f}x" if vs1 else ""))
+            cells = "  ".join(f"{m} {ms:6.2f} ms" for m, ms in row["cpu_ms"].items())
+            ratios = "  ".join(f"{m}/greedy {x:.3f}" for m, x in row["cpu_ratio_to_greedy"].items())
+            vs1 = result.get("cpu_greedy_step_vs_batch1", {}).get(b)
+            print(f"  cpu:     {cells}  {ratios}" + (f"  greedy vs batch 1: {vs1:.2f}x" if vs1 else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
