@@ -5,7 +5,7 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)                     # `trtbuild serve` does this
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics,
-POST /tokenize, POST /detokenize, GET /version. See serve/README.md for the behaviour clients can rely on.
+POST /tokenize, POST /detokenize, GET /version, and NIM's management routes (management.py). See serve/README.md for the behaviour clients can rely on.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from trtbuild import __version__
 from trtbuild.runtime.interface import Engine
 from trtbuild.server.errors import bad_request, install_error_handlers, json_response, unavailable
 from trtbuild.server.generate import generate
+from trtbuild.server.management import install_management_routes
 from trtbuild.server.metrics import CONTENT_TYPE
 from trtbuild.server.middleware import ServerMiddleware
 from trtbuild.server.prompts import encode_chat, encode_text
@@ -67,6 +68,8 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
         if status != 200:
             return unavailable(f"Not ready: {why}.").response()
         return json_response({"status": "ok"})
+
+    install_management_routes(app, state)  # NIM's /v1/health/live, /v1/health/ready, /v1/metadata, /v1/version
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -22,7 +22,8 @@ from trtbuild.server.errors import APIError
 access_log = logging.getLogger("trtbuild.server.access")
 
 # Paths that never need the API key: probes and scrapers must work without it.
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/ping",
+                          "/v1/health/live", "/v1/health/ready", "/v1/version"})  # NIM's probes (management.py)
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 

@@ -39,6 +39,7 @@ class ServerState:
         self.load_error: str | None = None
         self.dead: str | None = None
         self.shutting_down = False
+        self.draining = False  # SIGTERM with a drain period: readiness 503, requests still served (management.py)
         self.admitted = 0  # sequences submitted and not yet released
         self.streams: set[RequestStream] = set()
         self.created = int(time.time())
