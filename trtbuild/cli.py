@@ -29,6 +29,9 @@ COMMANDS = {
     "report": ("trtbuild.commands.bench", "report_cmd", "Markdown + HTML report with plots; pick an engine."),
     "serve": ("trtbuild.commands.serve", "serve_cmd", "OpenAI-compatible server for an engine."),
     "engines": ("trtbuild.commands.build", "engines_cmd", "List the engines in the workspace."),
+    "export": ("trtbuild.commands.deploy", "export_cmd", "Pack an engine into an archive with its sha256."),
+    "import": ("trtbuild.commands.deploy", "import_cmd", "Check and unpack an engine archive (path or URL)."),
+    "deploy": ("trtbuild.commands.deploy", "deploy_cmd", "Kubernetes manifests for N replicas, dashboards, alerts."),
 }
 
 

@@ -43,7 +43,8 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
                   description="OpenAI-compatible endpoints for one engine built by trtbuild.")
     app.state.server = state
     install_error_handlers(app)
-    app.add_middleware(ServerMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ServerMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                       on_response=state.metrics.count_response)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:

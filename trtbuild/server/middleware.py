@@ -40,8 +40,9 @@ class AccessRecord:
 
 
 class ServerMiddleware:
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, on_response=None):
         self.app = app
+        self.on_response = on_response  # called with each response's status (metrics), 499 if none was sent
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
 
@@ -69,6 +70,8 @@ class ServerMiddleware:
                 return await rejection.response()(scope, receive, send_with_id)
             await self.app(scope, self._limited(receive), send_with_id)
         finally:
+            if self.on_response is not None:
+                self.on_response(status or 499)
             self._log(scope, record, status, time.perf_counter() - start)
 
     def _reject(self, scope, headers: dict) -> APIError | None:
