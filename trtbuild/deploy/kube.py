@@ -63,8 +63,9 @@ class DeploySettings:
 
         manifest = load_manifest(engine_dir)
         tp = int(manifest.build.get("tp_size") or 1) * int(manifest.build.get("pp_size") or 1)
-        settings = cls(engine=Path(engine_dir).name, backend=manifest.backend, tp_size=tp,
-                       gpus_per_replica=tp, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        given.setdefault("gpus_per_replica", tp)
+        settings = cls(engine=Path(engine_dir).name, backend=manifest.backend, tp_size=tp, **given)
         settings.name = settings.name or f"trtbuild-{manifest.variant}"
         settings.engine_url = settings.engine_url or f"https://CHANGE-ME.invalid/{settings.engine}.tar"
         settings.check()
