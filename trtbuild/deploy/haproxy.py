@@ -9,9 +9,12 @@ Why these settings:
   - httpchk GET /v1/health/ready every `inter`, down after `fall` failures: a killed replica (connection
     refused) or a draining one (`trtbuild serve --drain-seconds`: 503) leaves rotation within inter x fall;
     no on-marked-down session kill, so requests in flight on a draining replica finish.
-  - retries + redispatch: a connect that fails (the replica died since the last check) is retried on another
-    replica; nothing was sent yet, so retrying a POST is safe. A request already running on a killed replica
-    fails (502 or a cut stream): HAProxy cannot replay a generation half-streamed.
+  - retries + redispatch, on conn-failure and empty-response: a request that reached a replica as it died,
+    and got no byte back, is sent to another one (a generation changes nothing server-side, so replaying
+    it is safe). A request whose answer had started streaming fails (a cut stream): HAProxy cannot replay
+    half a response, and the client sees an incomplete stream, never a wrong one.
+  - timeout check 2 s, apart from inter: a replica busy generating can answer its health check late; a
+    timeout of one interval made busy replicas flap DOWN under load (bench/haproxy_failover.py, 2 cores).
   - long client/server timeouts: a stream may stay quiet while a long prompt is prefilled.
 """
 
@@ -22,7 +25,7 @@ from typing import Sequence
 
 def haproxy_config(servers: Sequence[tuple[str, str]], bind: str = "0.0.0.0:8000", inter_ms: int = 1000,
                    fall: int = 2, rise: int = 2, stats_bind: str | None = None, log_stdout: bool = False,
-                   timeout_s: int = 600, maxconn: int = 4096) -> str:
+                   timeout_s: int = 600, maxconn: int = 4096, check_timeout_ms: int = 2000) -> str:
     """An haproxy.cfg (HAProxy 2.4+) balancing over `servers`: [(name, "host:port"), ...]."""
     lines = ["global", f"    maxconn {maxconn}"]
     if log_stdout:
@@ -36,7 +39,9 @@ def haproxy_config(servers: Sequence[tuple[str, str]], bind: str = "0.0.0.0:8000
         "    timeout http-request 30s",
         f"    timeout client {timeout_s}s",
         f"    timeout server {timeout_s}s",
+        f"    timeout check {check_timeout_ms}ms",
         "    retries 3",
+        "    retry-on conn-failure empty-response",
         "    option redispatch 1",
         "",
         "frontend openai",
