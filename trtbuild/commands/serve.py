@@ -51,7 +51,8 @@ def serve_cmd(ws, engine, host, port, api_key, served_model_name, max_queue, max
     \b
     The socket opens at once; the engine loads in the background (GET /health answers 503 until it
     is ready, then 200). Routes: /v1/chat/completions, /v1/completions, /v1/models, /health,
-    /metrics (Prometheus), /tokenize, /detokenize, /version. Chat prompts use Mistral's v3 format
+    /metrics (Prometheus), /tokenize, /detokenize, /version, and NIM's /v1/health/live,
+    /v1/health/ready, /v1/metadata, /v1/version. Chat prompts use Mistral's v3 format
     through mistral-common. Example:
       trtbuild serve fp16 --port 8000 &
       curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
