@@ -211,10 +211,11 @@ def joined(thread: threading.Thread, box: dict, timeout: float):
     return box["result"]
 
 
-def wait_warm(proxy: HAProxy, since: float, server: str, fraction_s: float, timeout: float = 300) -> float:
+def wait_warm(proxy: HAProxy, since: float, server: str, fraction_s: float, timeout: float = 300) -> int:
     """Wait until the run is under way (its first request completed, then fraction_s more) and `server` has
     requests in flight (so a kill or drain hits some); returns that time. Bench start-up (imports, prompts)
-    takes seconds on a busy box, so the run's own progress decides, not a fixed delay."""
+    takes seconds on a busy box, so the run's own progress decides, not a fixed delay. Returns the requests
+    in flight on `server` (HAProxy's scur) at that moment."""
     deadline = time.time() + timeout
     while not any(line.ok for line in proxy.lines() if line.accept >= since):
         if time.time() > deadline:
@@ -222,9 +223,9 @@ def wait_warm(proxy: HAProxy, since: float, server: str, fraction_s: float, time
         time.sleep(0.05)
     first = min(line.end for line in proxy.lines() if line.accept >= since and line.ok)
     time.sleep(max(first + fraction_s - time.time(), 0))
-    while int(proxy.status()[server]["scur"]) == 0 and time.time() < deadline:
+    while (in_flight := int(proxy.status()[server]["scur"])) == 0 and time.time() < deadline:
         time.sleep(0.01)
-    return time.time()
+    return in_flight
 
 
 def _run_counts(run: dict) -> dict:
@@ -238,8 +239,7 @@ def kill(cluster: Cluster, seconds: float, concurrency: int, output_len: int) ->
     """Run A: SIGKILL replica1 a third into the run; then restart it and wait until HAProxy has it UP."""
     proxy, t_start = cluster.proxy, time.time()
     thread, box = in_background(cluster.bench, [proxy.url], seconds, concurrency, output_len, "kill")
-    wait_warm(proxy, t_start, "replica1", seconds / 3)
-    in_flight = int(proxy.status()["replica1"]["scur"])
+    in_flight = wait_warm(proxy, t_start, "replica1", seconds / 3)
     t_kill = time.time()
     cluster.replicas["replica1"].proc.send_signal(signal.SIGKILL)
     t_down = proxy.wait_status("replica1", "DOWN", 30)
@@ -268,8 +268,7 @@ def drain(cluster: Cluster, seconds: float, concurrency: int, output_len: int) -
     """Run B: the restarted replica1 serves again (rejoin); SIGTERM replica2 a third in: nothing may fail."""
     proxy, t_start = cluster.proxy, time.time()
     thread, box = in_background(cluster.bench, [proxy.url], seconds, concurrency, output_len, "drain")
-    wait_warm(proxy, t_start, "replica2", seconds / 3)
-    in_flight = int(proxy.status()["replica2"]["scur"])
+    in_flight = wait_warm(proxy, t_start, "replica2", seconds / 3)
     t_term = time.time()
     victim = cluster.replicas["replica2"]
     victim.proc.send_signal(signal.SIGTERM)

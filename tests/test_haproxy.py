@@ -47,7 +47,7 @@ def test_a_killed_replica_is_taken_out_and_only_its_requests_fail(killed):
     # every failure the bench counted is one the proxy saw end badly on the killed replica, and a clean kind
     assert run["failed"] == killed["victim_failures_in_proxy_log"]
     assert set(run["failures_by_type"]) <= CLEAN_FAILURES
-    assert run["failed"] <= killed["in_flight_on_victim_at_kill"] + CONCURRENCY  # at most what it held, or got
+    assert run["failed"] <= CONCURRENCY  # only what was in flight at the kill: a retried connect succeeds elsewhere
     assert killed["sent_to_victim_after_down"] == 0
     # DOWN after `fall` failed checks `inter` apart; +2 s: check timers and the stats poll on a loaded 2-core box
     assert killed["seconds_kill_to_down"] <= killed["health_check_bound_s"] + 2.0
