@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,3 +65,20 @@ def test_the_restarted_replica_rejoins_and_a_drained_one_fails_nothing(cluster, 
     assert drained["exit_status"] == -15  # uvicorn re-raises SIGTERM after a clean shutdown
     # it waited the drain period before closing its listener
     assert drained["seconds_sigterm_to_exit"] >= failover.DRAIN_S - 0.2
+
+
+def test_the_config_trtbuild_deploy_writes_is_valid_haproxy(capsys, workspace, tmp_path):
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed: `apt-get install -y haproxy` (.ci/run does on CI)")
+    from helpers import trtbuild
+
+    code, out, err = trtbuild(capsys, workspace, "deploy", "fp16", "--replicas", "4", "--out", str(tmp_path / "d"),
+                              "--engine-url", "https://models.example.com/fp16.tar")
+    assert code == 0, err
+    cfg = tmp_path / "d" / "haproxy.cfg"
+    checked = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    text = cfg.read_text()
+    assert "balance leastconn" in text and "option httpchk GET /v1/health/ready" in text
+    assert [line.split()[2] for line in text.splitlines() if line.strip().startswith("server ")] == [
+        "127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003", "127.0.0.1:8004"]
