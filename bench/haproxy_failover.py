@@ -4,10 +4,10 @@ drain another, and compare spreading the load ourselves (repeated --url) with th
     python bench/haproxy_failover.py [--workspace WS] [--engine fp16] [--seconds 20] [--concurrency 6]
         [--base-port 18710] [--out DIR] [--skip-compare]
 
-Scenario (numbers printed as Markdown and written to OUT/failover.json):
+Scenario (figures printed as JSON and written to OUT/failover.json):
   1. kill:  a bench run through the proxy; a third into it, with requests in flight on replica1, SIGKILL it.
      Measured: requests the bench counts as failed (and how: a cut stream, a 502), seconds from the kill to
-     HAProxy marking the replica DOWN (stats polled every 20 ms), requests HAProxy sent to it after that
+     HAProxy marking the replica DOWN (its own timestamped log), requests HAProxy sent to it after that
      (must be 0), output tokens/s before the kill, between the kill and DOWN, and after. Then replica1 is
      restarted on its port: seconds until HAProxy marks it UP.
   2. drain: a second run, in which the rejoined replica1 serves again; a third in, SIGTERM replica2
@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -76,7 +77,9 @@ class HAProxy:
         self.cfg, self.log = workdir / "haproxy.cfg", workdir / "haproxy.log"
         text = haproxy_config(servers, bind=f"127.0.0.1:{port}", inter_ms=INTER_MS, fall=FALL, rise=RISE,
                               stats_bind=f"127.0.0.1:{stats_port}", log_stdout=True)
-        self.cfg.write_text(text.replace("    option httplog\n", f'    log-format "{LOG_FORMAT}"\n'))
+        text = text.replace("    option httplog\n", f'    log-format "{LOG_FORMAT}"\n')
+        # iso: every log line (server DOWN/UP events too) starts with its wall-clock time in microseconds
+        self.cfg.write_text(text.replace("format raw", "format iso"))
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> HAProxy:
@@ -98,22 +101,35 @@ class HAProxy:
         text = httpx.get(self.stats_url, timeout=2).text.lstrip("# ")
         return {row["svname"]: row for row in csv.DictReader(io.StringIO(text)) if row["pxname"] == "trtbuild"}
 
-    def wait_status(self, server: str, want: str, timeout: float) -> float:
-        """Poll stats every 20 ms until server's status starts with want ("DOWN", "UP"); returns the time."""
+    def wait_status(self, server: str, want: str, timeout: float, since: float = 0.0) -> float:
+        """Wait until HAProxy marks server `want` ("DOWN", "UP"); returns when it did, by its own log
+        (stats polled every 20 ms to know when to look: the poller's own delays do not count)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.status()[server]["status"].startswith(want):
-                return time.time()
+                events = [t for t, name, state in self.events() if name == server and state == want and t >= since]
+                return events[0] if events else time.time()
             time.sleep(0.02)
         raise RuntimeError(f"{server} was not {want} within {timeout:.0f} s")
 
-    def lines(self) -> list[LogLine]:
+    def _log_lines(self) -> list[tuple[float, list[str]]]:
         out = []
         for raw in self.log.read_text(errors="replace").splitlines():
-            parts = raw.split()
-            if len(parts) == 6 and parts[0].replace(".", "").isdigit():
-                out.append(LogLine(float(parts[0]), parts[1], int(parts[2]), parts[3], int(parts[4]), parts[5]))
+            stamp, _, rest = raw.partition(" ")
+            try:
+                out.append((datetime.fromisoformat(stamp).timestamp(), rest.split()))
+            except ValueError:
+                continue  # haproxy's own stderr lines ("[WARNING] ...")
         return out
+
+    def events(self) -> list[tuple[float, str, str]]:
+        """(time, server, "DOWN" | "UP") state changes, from "Server trtbuild/NAME is DOWN, reason: ..."."""
+        return [(t, p[1].split("/")[1], p[3].rstrip(",")) for t, p in self._log_lines()
+                if len(p) > 3 and p[0] == "Server" and p[1].startswith("trtbuild/") and p[2] == "is"]
+
+    def lines(self) -> list[LogLine]:
+        return [LogLine(float(p[0]), p[1], int(p[2]), p[3], int(p[4]), p[5]) for _, p in self._log_lines()
+                if len(p) == 6 and p[0].replace(".", "").isdigit()]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -242,13 +258,13 @@ def kill(cluster: Cluster, seconds: float, concurrency: int, output_len: int) ->
     in_flight = wait_warm(proxy, t_start, "replica1", seconds / 3)
     t_kill = time.time()
     cluster.replicas["replica1"].proc.send_signal(signal.SIGKILL)
-    t_down = proxy.wait_status("replica1", "DOWN", 30)
+    t_down = proxy.wait_status("replica1", "DOWN", 30, since=t_kill)
     run = joined(thread, box, seconds + 300)
     lines = [line for line in proxy.lines() if line.accept >= t_start]
     first, last = min(line.accept for line in lines), max(line.end for line in lines)
     t_restart = time.time()  # after the run, so that "2 replicas, after DOWN" really had two
     cluster.start_replica(1, wait=False)
-    t_up = proxy.wait_status("replica1", "UP", 300)
+    t_up = proxy.wait_status("replica1", "UP", 300, since=t_restart)
     return {
         "run": _run_counts(run),
         "in_flight_on_victim_at_kill": in_flight,
@@ -272,7 +288,7 @@ def drain(cluster: Cluster, seconds: float, concurrency: int, output_len: int) -
     t_term = time.time()
     victim = cluster.replicas["replica2"]
     victim.proc.send_signal(signal.SIGTERM)
-    t_down = proxy.wait_status("replica2", "DOWN", 30)
+    t_down = proxy.wait_status("replica2", "DOWN", 30, since=t_term)
     code = victim.proc.wait(120)
     t_exit = time.time()
     run = joined(thread, box, seconds + 300)
