@@ -3,5 +3,6 @@ an HAProxy configuration for replicas on plain hosts, and the Grafana dashboard 
 for the server's /metrics. docs/deploy.md walks through them command by command.
 
 Modules: archive (export/import), kube (manifests as plain dicts), overlay (Kustomize patches, rendered in
-Python), haproxy (load-balancer config), observe (dashboard, alerts), write (YAML out, atomically).
+Python), haproxy (load-balancer config), observe (dashboard, alerts), bundle (every file `trtbuild deploy`
+writes), write (YAML out, atomically).
 """
