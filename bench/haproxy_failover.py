@@ -188,7 +188,8 @@ class Cluster:
     def bench(self, urls: list[str], seconds: float, concurrency: int, output_len: int, tag: str) -> dict:
         """`trtbuild bench` in a subprocess (closed loop for `seconds`); its run summary."""
         ws = self.workdir / f"bench-{tag}"
-        cmd = [sys.executable, "-m", "trtbuild.cli", "--workspace", str(ws), "bench", *sum((["--url", u] for u in urls), []),
+        url_args = [arg for url in urls for arg in ("--url", url)]
+        cmd = [sys.executable, "-m", "trtbuild.cli", "--workspace", str(ws), "bench", *url_args,
                "--model", self.model, "--concurrency", str(concurrency), "--duration", str(seconds),
                "--num-requests", str(int(seconds * 100)), "--warmup", "0", "--input-len", "64",
                "--output-len", str(output_len), "--timeout", "60", "--no-progress", "--json"]

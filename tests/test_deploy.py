@@ -134,8 +134,6 @@ def test_serve_command_and_settings_are_what_trtbuild_serve_accepts(out, overlay
 
 
 def test_init_container_imports_the_pinned_archive(out, engine_dirs, monkeypatch):
-    from trtbuild.deploy.archive import export_engine  # noqa: F401 - the export the fixture made pinned this
-
     rendered = docs(out, "h100")
     init = rendered["Deployment"]["spec"]["template"]["spec"]["initContainers"]
     assert [c["name"] for c in init] == ["fetch-engine"]
@@ -148,7 +146,8 @@ def test_init_container_imports_the_pinned_archive(out, engine_dirs, monkeypatch
     assert group["workspace"] == kube.ENGINES_MOUNT
     mounts = {m["name"]: m["mountPath"] for m in init[0]["volumeMounts"]}
     assert mounts == {"engines": kube.ENGINES_MOUNT}
-    assert {"name": "engines", "mountPath": kube.ENGINES_MOUNT} in serve_container(rendered["Deployment"])["volumeMounts"]
+    serve_mounts = serve_container(rendered["Deployment"])["volumeMounts"]
+    assert {"name": "engines", "mountPath": kube.ENGINES_MOUNT} in serve_mounts
 
 
 @pytest.mark.parametrize("overlay", kube.OVERLAYS)

@@ -53,9 +53,9 @@ def engine_metadata(state: ServerState) -> dict:
                    "max_batch_size": info.max_batch_size, "key": None, "build": None, "source": None,
                    "versions": None, "gpu": None, "built_at": None}
     if manifest is not None:
-        engine_part.update(key=manifest.key, precision=manifest.precision, build=manifest.build, gpu=manifest.gpu, built_at=manifest.built_at,
-                           versions=manifest.versions, source={k: manifest.source.get(k) for k in
-                                                               ("model_id", "revision")})
+        engine_part.update(key=manifest.key, precision=manifest.precision, build=manifest.build, gpu=manifest.gpu,
+                           built_at=manifest.built_at, versions=manifest.versions,
+                           source={k: manifest.source.get(k) for k in ("model_id", "revision")})
     data = {
         "version": __version__,
         "modelInfo": [{"shortName": state.model_name, "modelUrl": info.model_id}],
