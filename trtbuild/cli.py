@@ -30,6 +30,9 @@ COMMANDS = {
     "serve": ("trtbuild.commands.serve", "serve_cmd", "OpenAI-compatible server for an engine."),
     "engines": ("trtbuild.commands.build", "engines_cmd", "List the engines in the workspace."),
     "doctor": ("trtbuild.commands.doctor", "doctor_cmd", "What this machine can do (GPU, TensorRT-LLM, disk, hub); --smoke."),
+    "export": ("trtbuild.commands.deploy", "export_cmd", "Pack an engine into an archive with its sha256."),
+    "import": ("trtbuild.commands.deploy", "import_cmd", "Check and unpack an engine archive (path or URL)."),
+    "deploy": ("trtbuild.commands.deploy", "deploy_cmd", "Kubernetes manifests for N replicas, dashboards, alerts."),
 }
 
 

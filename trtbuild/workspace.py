@@ -7,6 +7,7 @@ Layout under the root (`--workspace`, $TRTBUILD_WORKSPACE, default ~/.cache/trtb
     quantized/<key>/          modelopt FP8 checkpoints, keyed by source + calibration settings
     engines/<variant>-<key>/  engine directories: manifest.json, the engine, validation.json, bench/
     reports/<id>/             generated reports
+    exports/                  engine archives (`trtbuild export`) and their .sha256 files
     tmp/                      work in progress; renamed into place only when complete
 
 Every finished artifact appears by a rename from tmp/, so an interrupted build leaves nothing that
@@ -60,6 +61,10 @@ class Workspace:
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
 
     @property
     def tmp_dir(self) -> Path:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
+import time
 
 import click
 import uvicorn  # light; this module is imported only when `serve` runs
@@ -51,19 +53,25 @@ DEFAULT_BODY_BYTES = 2 * 1024 * 1024
 @click.option("--shutdown-timeout", envvar="TRTBUILD_SHUTDOWN_TIMEOUT", type=click.FloatRange(min=0),
               default=10.0, show_default=True,
               help="On SIGTERM/Ctrl-C, seconds in-flight requests get to finish before they are cancelled.")
+@click.option("--drain-seconds", envvar="TRTBUILD_DRAIN_SECONDS", show_envvar=True, type=click.FloatRange(min=0),
+              default=0.0, show_default=True,
+              help="On SIGTERM, first answer 503 on /v1/health/ready for S seconds while still serving, so a load "
+                   "balancer stops routing here before the listener closes; a second signal skips it.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="info includes one JSON access-log line per request on stderr.")
 @json_option
 @click.pass_obj
 def serve_cmd(ws, engine, host, port, api_key, served_model_name, max_queue, max_body_bytes, max_header_bytes,
-              header_timeout, keep_alive_timeout, write_timeout, max_connections, send_buffer_bytes, shutdown_timeout, log_level,
+              header_timeout, keep_alive_timeout, write_timeout, max_connections, send_buffer_bytes, shutdown_timeout, drain_seconds,
+              log_level,
               as_json):
     """Serve ENGINE (a path, variant name or key prefix) with an OpenAI-compatible API.
 
     \b
     The socket opens at once; the engine loads in the background (GET /health answers 503 until it
     is ready, then 200). Routes: /v1/chat/completions, /v1/completions, /v1/models, /health,
-    /metrics (Prometheus), /tokenize, /detokenize, /version. Chat prompts use Mistral's v3 format
+    /metrics (Prometheus), /tokenize, /detokenize, /version, and NIM's /v1/health/live,
+    /v1/health/ready, /v1/metadata, /v1/version. Chat prompts use Mistral's v3 format
     through mistral-common. Example:
       trtbuild serve fp16 --port 8000 &
       curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -101,7 +109,7 @@ def serve_cmd(ws, engine, host, port, api_key, served_model_name, max_queue, max
                             timeout_graceful_shutdown=int(shutdown_timeout) + 5,
                             http=protocol_class(limits, app.state.server.connection_metrics),
                             timeout_keep_alive=keep_alive_timeout)
-    server = GracefulServer(config, app.state.server)
+    server = GracefulServer(config, app.state.server, drain_seconds=drain_seconds)
     model = served_model_name or engine_dir.name
     emit({"url": url, "openai_base_url": f"{url}/v1", "model": model, "engine_dir": str(engine_dir),
           "api_key_required": api_key is not None, "pid": os.getpid()},
@@ -147,11 +155,37 @@ def _setup_logging(level: str) -> None:
 
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, telling the app when shutdown starts: in-flight requests get --shutdown-timeout
-    to finish, then end with an error event (streams) or a 503, rather than a cut connection."""
+    to finish, then end with an error event (streams) or a 503, rather than a cut connection.
 
-    def __init__(self, config, state):
+    With drain_seconds, a SIGTERM first drains: readiness answers 503 while requests are still served, so a
+    load balancer (HAProxy's health check, a Kubernetes readiness probe) takes the replica out before its
+    listener closes and no request is refused. A second signal during the drain shuts down at once."""
+
+    def __init__(self, config, state, drain_seconds: float = 0.0):
         super().__init__(config)
         self.state = state
+        self.drain_seconds = drain_seconds
+        self.drain_until: float | None = None
+        self.drain_logged = False
+
+    def handle_exit(self, sig, frame):  # the signal handler, on the main thread: set flags only
+        if sig == signal.SIGTERM and self.drain_seconds > 0 and self.drain_until is None and not self.should_exit:
+            self._captured_signals.append(sig)  # uvicorn re-raises it after the shutdown: exit status 143
+            self.drain_until = time.monotonic() + self.drain_seconds
+            self.state.draining = True
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:  # every 0.1 s on the event loop
+        if self.drain_until is not None and not self.should_exit:
+            log = logging.getLogger("trtbuild.server")
+            if not self.drain_logged:  # not from the signal handler: logging takes locks
+                self.drain_logged = True
+                log.info("SIGTERM: draining for %.1f s (readiness 503, still serving)", self.drain_seconds)
+            if time.monotonic() >= self.drain_until:
+                log.info("drained; shutting down")
+                self.should_exit = True
+        return await super().on_tick(counter)
 
     async def shutdown(self, sockets=None):
         self.state.begin_shutdown()

@@ -5,8 +5,8 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)                     # `trtbuild serve` does this
 
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics,
-POST /tokenize, POST /detokenize, GET /tokenizer_info, GET /version. See serve/README.md for the
-behaviour clients can rely on.
+POST /tokenize, POST /detokenize, GET /tokenizer_info, GET /version, and NIM's management routes
+(management.py). See serve/README.md for the behaviour clients can rely on.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from trtbuild.runtime.interface import Engine
 from trtbuild.server.errors import bad_request, install_error_handlers, json_response, unavailable
 from trtbuild.server.generate import generate
 from trtbuild.server.guards import OFFLOAD_CHARS, off_loop
+from trtbuild.server.management import install_management_routes
 from trtbuild.server.metrics import CONTENT_TYPE
 from trtbuild.server.middleware import ServerMiddleware
 from trtbuild.server.openapi import describe_api
@@ -46,7 +47,8 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
     app.state.server = state
     install_error_handlers(app)
     app.add_middleware(ServerMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-                       body_timeout=settings.limits.header_timeout, full=state.full)
+                       body_timeout=settings.limits.header_timeout, full=state.full,
+                       on_response=state.metrics.count_response)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -74,6 +76,7 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
 
     # HEAD: probes that only look at the status (uvicorn sends no body for HEAD)
     app.add_api_route("/health", health, methods=["HEAD"], operation_id="health_head")
+    install_management_routes(app, state)  # NIM's /v1/health/live, /v1/health/ready, /v1/metadata, /v1/version
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -44,6 +44,12 @@ class Metrics:
         self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated.", registry=registry)
         self.success = Counter(p + "request_success", "Finished sequences by finish reason.",
                                ["finished_reason"], registry=registry)
+        # every HTTP response by status (429 overload, 503 not ready, 5xx): error-rate alerts need it
+        self.responses = Counter(p + "http_responses", "HTTP responses by status code (499: client left first).",
+                                 ["code"], registry=registry)
+
+    def count_response(self, status: int) -> None:
+        self.responses.labels(code=str(status)).inc()
 
     def observe(self, streams: Sequence[RequestStream], prompt_tokens: int) -> None:
         """Record a finished request (all its choices). prompt_tokens counts each prompt once, as usage does."""

@@ -25,7 +25,8 @@ from trtbuild.server.errors import APIError
 access_log = logging.getLogger("trtbuild.server.access")
 
 # Paths that never need the API key: probes and scrapers must work without it.
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/ping",
+                          "/v1/health/live", "/v1/health/ready", "/v1/version"})  # NIM's probes (management.py)
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # Generation routes: answered 429 before their body is read or parsed when the queue has no room left.
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -45,8 +46,9 @@ class AccessRecord:
 
 class ServerMiddleware:
     def __init__(self, app, api_key: str | None, max_body_bytes: int, body_timeout: float | None = None,
-                 full=None):
+                 full=None, on_response=None):
         self.app = app
+        self.on_response = on_response  # called with each response's status (metrics), 499 if none was sent
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout  # seconds between two pieces of a request body (nginx client_body_timeout)
@@ -76,6 +78,8 @@ class ServerMiddleware:
                 return await rejection.response()(scope, receive, send_with_id)
             await self.app(scope, self._limited(receive), send_with_id)
         finally:
+            if self.on_response is not None:
+                self.on_response(status or 499)
             self._log(scope, record, status, time.perf_counter() - start)
 
     def _reject(self, scope, headers: dict) -> APIError | None:

@@ -54,6 +54,7 @@ class ServerState:
         # even while its response still waits for a slow client (bounded by --write-timeout).
         self._active: set[RequestStream] = set()  # submitted, maybe finished since (pruned on each count)
         self.streams: set[RequestStream] = set()  # every stream whose response is not over, for shutdown
+        self.draining = False  # SIGTERM with a drain period: readiness 503, requests still served (management.py)
         self.created = int(time.time())
         self.metrics = Metrics(running=lambda: self.engine.num_running if self.engine else 0,
                                waiting=lambda: self.engine.num_waiting if self.engine else 0,
