@@ -199,3 +199,69 @@ def test_gpu_runs_get_the_bandwidth_bound(ws, tmp_path):
     assert points == [("fp8", pytest.approx(500.0), pytest.approx(3.35e12 / 1_000_000))]
     assert note == "fp16: no GPU: bound not applicable"
     assert plots.decode_vs_bound(points, tmp_path / "bound.png").read_bytes().startswith(PNG)
+
+
+def test_tie_within_noise_goes_to_accuracy_and_a_clear_lead_wins(ws, tmp_path):
+    """The issue's case: fp8 6% ahead on goodput with a 10% run-to-run spread is a tie, which the more
+    accurate fp16 takes; 50% ahead with a 1% spread is a win beyond noise."""
+    slo = SLO(ttft_ms=60_000)  # every request meets it: goodput = requests/s
+    fp16 = engine_dir(tmp_path, "fp16", "pass", mean_kl=1e-6)
+    fp8 = engine_dir(tmp_path, "fp8", "pass", mean_kl=0.006)
+    noisy = [fake_run(ws, fp16, 4, ttft_ms=20, tpot_ms=11, trials=3, spread=0.10),
+             fake_run(ws, fp8, 4, ttft_ms=20, tpot_ms=10, trials=3, spread=0.10)]
+    tie = select_engine(noisy, slo)
+    means = {e.name: e.best_interval.mean for e in tie.entries}
+    assert means["fp8"] > means["fp16"] * 1.05  # fp8 is ahead (E2E 60 vs 64 ms) on the point estimate ...
+    assert tie.decision == "tie within noise" and tie.engine == "fp16"  # ... but not beyond noise
+    assert "broken by accuracy, mean KL vs reference: fp8 0.006, fp16 1e-06" in tie.reason
+    assert tie.losers["fp8"].startswith("tie within noise with fp16")
+    clear = [fake_run(ws, fp16, 4, ttft_ms=20, tpot_ms=15, trials=3, spread=0.01),
+             fake_run(ws, fp8, 4, ttft_ms=20, tpot_ms=10, trials=3, spread=0.01)]
+    win = select_engine(clear, slo)
+    assert win.decision == "win" and win.engine == "fp8"
+    assert win.losers["fp16"].startswith("lower goodput under ttft=60000 beyond noise")
+    assert "Welch 95% CI of the difference [+" in win.reason  # the interval of fp8 - fp16 lies above 0
+
+
+def test_an_engine_beaten_beyond_noise_never_wins_a_tie(ws, tmp_path):
+    """A (noisy) ties with B and C, but C beats B beyond noise: B is out even though it is the most accurate."""
+    a = engine_dir(tmp_path, "a", "pass", mean_kl=0.01)
+    b = engine_dir(tmp_path, "b", "pass", mean_kl=1e-6)
+    c = engine_dir(tmp_path, "c", "pass", mean_kl=0.001)
+    runs = [fake_run(ws, a, 4, ttft_ms=20, tpot_ms=9, trials=3, spread=0.3),
+            fake_run(ws, b, 4, ttft_ms=20, tpot_ms=12, trials=3, spread=0.01),
+            fake_run(ws, c, 4, ttft_ms=20, tpot_ms=10, trials=3, spread=0.01)]
+    selection = select_engine(runs, None)
+    assert selection.losers["b"].startswith("lower request throughput (no SLO given) beyond noise")
+    assert selection.decision == "tie within noise" and selection.engine == "c"
+
+
+def test_single_trials_never_claim_a_win(ws, tmp_path):
+    fp16 = engine_dir(tmp_path, "fp16", "pass", mean_kl=1e-6)
+    fp8 = engine_dir(tmp_path, "fp8", "pass", mean_kl=0.006)
+    selection = select_engine([fake_run(ws, fp16, 4, 20, 15), fake_run(ws, fp8, 4, 20, 10)], None)
+    assert selection.decision == "tie within noise" and selection.engine == "fp16"
+    assert "(1 trial: no interval)" in selection.reason
+    assert any("--trials 3" in note for note in selection.notes)
+
+
+def test_regression_inconclusive_when_intervals_are_wide(ws, tmp_path, capsys):
+    engine = engine_dir(tmp_path, "fp16", "pass")
+    base = fake_run(ws, engine, 2, ttft_ms=50, tpot_ms=10, trials=3, spread=0.01)
+    # 8% slower with a 10% spread: the 95% interval of the change straddles the 5% tolerance
+    wide = fake_run(ws, engine, 2, ttft_ms=50, tpot_ms=10.8, trials=3, spread=0.10)
+    verdicts = {r["metric"]: r for r in compare([wide], [base], tolerance_pct=5)}
+    tpot = verdicts["TPOT p50 ms"]
+    assert tpot["verdict"] == "inconclusive" and tpot["low_pct"] < 5 < tpot["high_pct"]
+    assert tpot["evidence"].endswith("inconclusive: run more trials")
+    try:
+        main(["--workspace", str(ws.root), "report", str(wide.path), "--baseline", str(base.path), "--out",
+              str(tmp_path / "rep")])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr().out
+    assert code == 0  # inconclusive is not a regression: exit 4 needs the change beyond tolerance at 95%
+    assert "TPOT p50 ms" in out and "inconclusive: run more trials" in out and "0 regression(s)" in out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| inconclusive |" in md and " +- " in md  # intervals in the tables
