@@ -265,3 +265,17 @@ def test_regression_inconclusive_when_intervals_are_wide(ws, tmp_path, capsys):
     assert "TPOT p50 ms" in out and "inconclusive: run more trials" in out and "0 regression(s)" in out
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| inconclusive |" in md and " +- " in md  # intervals in the tables
+
+
+def test_a_steady_level_can_win_against_a_noisy_best(ws, tmp_path):
+    """fp16's c=4 has the higher mean but is noisy; its c=1 alone beats everything fp8 did, beyond noise:
+    a win for fp16 (its best goodput must exceed fp8's), not a tie."""
+    fp16 = engine_dir(tmp_path, "fp16", "pass", mean_kl=1e-6)
+    fp8 = engine_dir(tmp_path, "fp8", "pass", mean_kl=0.006)
+    runs = [fake_run(ws, fp16, 1, ttft_ms=10, tpot_ms=10, trials=3, spread=0.01),
+            fake_run(ws, fp16, 4, ttft_ms=10, tpot_ms=12, trials=3, spread=0.5),
+            fake_run(ws, fp8, 1, ttft_ms=10, tpot_ms=30, trials=3, spread=0.01),
+            fake_run(ws, fp8, 4, ttft_ms=10, tpot_ms=120, trials=3, spread=0.01)]
+    selection = select_engine(runs, None)
+    assert selection.decision == "win" and selection.engine == "fp16"
+    assert "at concurrency 1 vs fp8 best" in selection.reason

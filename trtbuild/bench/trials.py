@@ -18,6 +18,8 @@ import dataclasses
 
 from trtbuild.bench import metrics, stats
 from trtbuild.bench.results import BenchResult, RunSummary, new_run_id
+from trtbuild.bench.runner import check_tokens
+from trtbuild.bench.workload import WorkloadSpec
 
 # metric key -> (path in a summary dict, higher is better, label)
 TRIAL_METRICS = {
@@ -83,6 +85,7 @@ def merge_trials(trials: list[BenchResult], slo: metrics.SLO | None = None) -> B
     counts = dict(pooled["counts"])
     summary = dataclasses.replace(
         first, run_id=new_run_id(first.load), counts=counts,
+        token_counts=check_tokens(records, WorkloadSpec.from_dict(first.workload)),
         duration_s=sum(t.summary.duration_s for t in trials) / len(trials), throughput=throughput,
         latency_ms=pooled["latency_ms"], slo=slo_report, validity={"valid": not reasons, "reasons": reasons},
         trials=per_trial, environment=_environment(trials))

@@ -80,6 +80,7 @@ class EngineEntry:
     best_run: BenchResult | None = None
     best_output_tps: float = 0.0
     best_interval: stats.Interval | None = None  # goodput at the best level: mean and 95% interval
+    levels: list = field(default_factory=list)  # (run, goodput interval) of every valid run
 
     @property
     def verdict(self) -> str:
@@ -148,10 +149,22 @@ def break_tie(tied: list[EngineEntry]) -> tuple[EngineEntry, str]:
     return best, "accuracy and memory equal or unknown; broken by the higher mean goodput"
 
 
+def engine_beats(a: EngineEntry, b: EngineEntry) -> tuple[BenchResult, stats.Interval, stats.Difference] | None:
+    """A beats B beyond noise when one of A's load levels beats every level of B beyond noise (Welch 95%):
+    then A's best goodput exceeds B's best. Returns (A's run, its interval, the difference to B's best
+    level) for A's strongest such level, or None."""
+    winning = [(run, iv) for run, iv in a.levels
+               if all(stats.beats(iv, other)[0] == "win" for _, other in b.levels)]
+    if not winning:
+        return None
+    run, iv = max(winning, key=lambda x: x[1].mean)
+    return run, iv, stats.welch_difference(iv, b.best_interval)
+
+
 def select_engine(runs: list[BenchResult], slo: SLO | None) -> Selection:
-    """Engines that passed validation compete on goodput at their best level. An engine is out when another
-    beats it beyond noise (Welch 95% interval of the difference above 0); one left = a win, several =
-    a tie within noise, broken by accuracy, then memory (break_tie)."""
+    """Engines that passed validation compete on goodput. An engine is out when another beats it beyond
+    noise (engine_beats: a level of the other beats all of its levels, Welch 95% interval of the difference
+    above 0); one left = a win, several = a tie within noise, broken by accuracy, then memory (break_tie)."""
     entries = group(runs)
     what = f"goodput under {slo}" if slo and slo.targets() else "request throughput (no SLO given)"
     notes = []
@@ -164,6 +177,7 @@ def select_engine(runs: list[BenchResult], slo: SLO | None) -> Selection:
             if not run.valid:
                 continue
             iv, tps = goodput_interval(run, slo), run.summary.throughput.get("output_tokens_per_s") or 0.0
+            e.levels.append((run, iv))
             if e.best_run is None or (iv.mean, tps) > (e.best_goodput, e.best_output_tps):
                 e.best_goodput, e.best_run, e.best_output_tps, e.best_interval = iv.mean or 0.0, run, tps, iv
     candidates, losers = [], {}
@@ -181,14 +195,14 @@ def select_engine(runs: list[BenchResult], slo: SLO | None) -> Selection:
     candidates.sort(key=lambda e: (e.best_goodput, e.best_output_tps), reverse=True)
     if any(e.best_interval.half_width is None for e in candidates) and len(candidates) > 1:
         notes.append("a single trial has no interval, so no engine can win on speed: run with --trials 3 or more")
-    out = []
+    out, beaten = [], {}
     for e in candidates:
-        beaten_by = [(o, d) for o in candidates if o is not e
-                     for verdict, d in [stats.beats(o.best_interval, e.best_interval)] if verdict == "win"]
+        beaten_by = [(o, hit) for o in candidates if o is not e for hit in [engine_beats(o, e)] if hit]
         if beaten_by:
-            o, d = beaten_by[0]
-            losers[e.name] = (f"lower {what} beyond noise: {_g(e.best_interval)} at {e.best_run.summary.load_label} "
-                              f"vs {o.name} {_g(o.best_interval)} req/s ({_diff(d)})")
+            o, (run, iv, d) = beaten_by[0]
+            beaten[e.name] = (o, run, iv, d)
+            losers[e.name] = (f"lower {what} beyond noise: best {_g(e.best_interval)} at {e.best_run.summary.load_label} "
+                              f"vs {o.name} {_g(iv)} req/s at {run.summary.load_label} ({_diff(d)})")
         else:
             out.append(e)
     if len(candidates) == 1:
@@ -199,10 +213,15 @@ def select_engine(runs: list[BenchResult], slo: SLO | None) -> Selection:
     level = {e.name: e.best_run.summary.load_label for e in candidates}
     if len(out) == 1:
         best = out[0]
-        beaten = [e for e in candidates if e is not best]
-        reason = (f"wins on {what} beyond noise: {_g(best.best_interval)} req/s at {level[best.name]} vs "
-                  + "; ".join(f"{e.name} {_g(e.best_interval)} ({_diff(stats.welch_difference(best.best_interval, e.best_interval))})"
-                              for e in beaten) + ", validation passed")
+        evidence = []
+        for e in candidates:
+            if e is not best:
+                hit = engine_beats(best, e)  # the winner beats each loser directly, or another engine did
+                run, iv, d = hit if hit else beaten[e.name][1:]
+                who = "" if hit else f"{beaten[e.name][0].name} "
+                evidence.append(f"{who}{_g(iv)} at {run.summary.load_label} vs {e.name} best {_g(e.best_interval)} at "
+                                f"{level[e.name]} ({_diff(d)})")
+        reason = f"wins on {what} beyond noise (req/s): " + "; ".join(evidence) + ", validation passed"
         return Selection(best.name, reason, losers, entries, notes, "win")
     best, how = break_tie(out)
     shown = ", ".join(f"{e.name} {_g(e.best_interval)} at {level[e.name]}" for e in out)
