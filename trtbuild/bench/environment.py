@@ -83,6 +83,9 @@ def gpu_state() -> list[dict] | None:
     except Exception:
         return None
     gpus = []
+    # renamed "ClocksEventReasons" in NVML 12.x; the old name remains an alias in nvidia-ml-py 13
+    throttle = (getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                or getattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons"))
     try:
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
@@ -96,7 +99,7 @@ def gpu_state() -> list[dict] | None:
                 "power_w": lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000,
                 "power_limit_w": lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000,
                 "utilization_pct": lambda: pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
-                "throttle_reasons": lambda: int(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)),
+                "throttle_reasons": lambda: int(throttle(h)),  # bit mask: power cap, thermal, ...
             }
             for key, probe in probes.items():
                 try:
