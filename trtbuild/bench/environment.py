@@ -85,7 +85,7 @@ def gpu_state() -> list[dict] | None:
     gpus = []
     # renamed "ClocksEventReasons" in NVML 12.x; the old name remains an alias in nvidia-ml-py 13
     throttle = (getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-                or getattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons"))
+                or getattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))  # None: recorded as None
     try:
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
