@@ -150,3 +150,11 @@ def test_profile_bench_table():
     assert slo.targets() == {"ttft": 500.0}
     with pytest.raises(TrtbuildError, match="unknown setting"):
         from_profile({"inputlen": 3})
+    from trtbuild.bench import profile_trials
+    from trtbuild.config import load_profile
+
+    assert profile_trials({}) == 1 and profile_trials({"trials": 5}) == 5
+    with pytest.raises(TrtbuildError, match="trials must be a whole number >= 1"):
+        profile_trials({"trials": 0})
+    assert profile_trials(load_profile("cpu-tiny").bench) == 3  # the demo compares intervals, not single runs
+    from_profile(load_profile("cpu-tiny").bench)  # "trials" is a known [bench] setting

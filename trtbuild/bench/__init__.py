@@ -16,7 +16,7 @@ from trtbuild.bench.workload import WorkloadSpec
 
 
 PROFILE_KEYS = ("input_len", "output_len", "num_requests", "warmup", "seed", "dataset", "concurrency",
-                "request_rate", "arrival", "burstiness", "duration", "slo")
+                "request_rate", "arrival", "burstiness", "duration", "slo", "trials")
 
 
 def from_profile(settings: dict) -> tuple[WorkloadSpec, list[LoadSpec], SLO | None]:
@@ -39,6 +39,16 @@ def from_profile(settings: dict) -> tuple[WorkloadSpec, list[LoadSpec], SLO | No
     return workload, loads, SLO.parse(settings.get("slo"))
 
 
+def profile_trials(settings: dict) -> int:
+    """A profile's [bench] trials (default 1): how many times `trtbuild run` measures each level."""
+    from trtbuild.errors import TrtbuildError
+
+    trials = settings.get("trials", 1)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise TrtbuildError(f"profile [bench]: trials must be a whole number >= 1, got {trials!r}")
+    return trials
+
+
 def run_offline_bench(*args, **kwargs):
     from trtbuild.bench.offline import run_offline_bench as run
 
@@ -57,5 +67,5 @@ def run_online_bench(*args, **kwargs):
     return run(*args, **kwargs)
 
 
-__all__ = ["from_profile", "LoadSpec", "sweep", "SLO", "BenchResult", "RequestRecord", "RunSummary", "load_run", "WorkloadSpec",
+__all__ = ["from_profile", "profile_trials", "LoadSpec", "sweep", "SLO", "BenchResult", "RequestRecord", "RunSummary", "load_run", "WorkloadSpec",
            "run_offline_bench", "run_offline_sweep", "run_online_bench"]

@@ -87,46 +87,91 @@ def _fail(rec: RequestRecord, kind: str, message: str, t0: int, bar: tqdm) -> No
 
 def run_offline_sweep(ws: Workspace, engine_dir: str | Path | None, workload: WorkloadSpec,
                       loads: list[LoadSpec], slo: SLO | None = None, *, engine: Engine | None = None,
-                      out_dir: str | Path | None = None, progress: bool = True) -> list[BenchResult]:
-    """Benchmark one engine at each load level (the engine is loaded once); every run is saved.
+                      out_dir: str | Path | None = None, progress: bool = True, trials: int = 1) -> list[BenchResult]:
+    """Benchmark one engine at each load level, `trials` times each (levels interleaved); every level's
+    trials are merged into one saved run (trtbuild/bench/trials.py).
 
     engine: an already loaded Engine (else load_engine(engine_dir)); out_dir: where run directories
     go (default ws.bench_dir(engine_dir))."""
+    key = Path(engine_dir) if engine_dir else None
+    return run_offline_interleaved(ws, {key: loads}, workload, slo, trials=trials, engines={key: engine} if engine else None,
+                                   out_dir=out_dir, progress=progress)[key]
+
+
+def run_offline_interleaved(ws: Workspace, plan: dict, workload: WorkloadSpec, slo: SLO | None = None, *,
+                            trials: int = 1, engines: dict | None = None, out_dir: str | Path | None = None,
+                            progress: bool = True) -> dict:
+    """plan: {engine_dir: [load levels]}. Runs trial 1 of every engine and level, then trial 2, ... with
+    engines and levels rotated each trial, so that a drifting machine (other jobs, clocks, heat) weighs
+    on every engine and level alike. Returns {engine_dir: [merged BenchResult per level]}.
+
+    CPU (torch) engines stay loaded between trials; GPU engines are loaded and closed each trial, since
+    two TensorRT-LLM executors would split the GPU's memory (each sizes its KV cache from what is free)."""
+    from trtbuild.bench.trials import interleave, merge_trials
+
     if workload.endpoint is not None:
         raise TrtbuildError(f"--endpoint {workload.endpoint} applies to online runs only (--url URL --model NAME); "
                             "offline, the prompt ids go straight to the engine: drop it")
-    owned = engine is None
-    if owned:
-        from trtbuild.runtime import load_engine
-
-        engine = load_engine(engine_dir)
+    if trials < 1:
+        raise TrtbuildError(f"--trials must be >= 1, got {trials}")
+    given = dict(engines or {})
+    loaded: dict = {}
+    done: dict = {key: [[] for _ in loads] for key, loads in plan.items()}
+    context: dict = {}
     try:
-        requests = build_requests(engine.tokenizer, workload)
-        check_fits(requests, engine.info.max_input_len, engine.info.max_seq_len)
-        target = engine_target(engine, Path(engine_dir) if engine_dir else None)
-        base = Path(out_dir) if out_dir else ws.bench_dir(Path(engine_dir or engine.info.engine_dir))
-        num_gpus = _num_gpus(target)
-        results = []
-        for load in loads:
-            load.check()
-            with tqdm(total=len(requests), desc=f"bench {target['name']} {_level(load)}", unit="req",
-                      disable=not progress, leave=False) as bar:
-                records, monitor = asyncio.run(run_load(requests, load, make_issue(engine, workload, bar)))
-            result = summarize("offline", workload, load, target, records, monitor, slo, num_gpus)
-            save_run(ws, base / result.summary.run_id, result)
-            results.append(result)
-        return results
+        for trial in range(trials):
+            for key in interleave(list(plan), trial):
+                engine = given.get(key) or loaded.get(key)
+                if engine is None:
+                    from trtbuild.runtime import load_engine
+
+                    engine = loaded[key] = load_engine(key)
+                if key not in context:
+                    requests = build_requests(engine.tokenizer, workload)
+                    check_fits(requests, engine.info.max_input_len, engine.info.max_seq_len)
+                    context[key] = (requests, engine_target(engine, Path(key) if key else None),
+                                    Path(key or engine.info.engine_dir))
+                requests, target, _ = context[key]
+                order = interleave(list(range(len(plan[key]))), trial)
+                for i in order:
+                    load = plan[key][i]
+                    load.check()
+                    label = f"bench {target['name']} {_level(load)}" + (f" trial {trial + 1}/{trials}" if trials > 1 else "")
+                    done[key][i].append(_one_trial(engine, workload, load, slo, target, requests, label, progress))
+                if key in loaded and engine.info.backend != "torch":
+                    loaded.pop(key).close()
+        out = {}
+        for key, per_level in done.items():
+            base = Path(out_dir) if out_dir else ws.bench_dir(context[key][2])
+            out[key] = []
+            for runs in per_level:
+                result = merge_trials(runs, slo)
+                save_run(ws, base / result.summary.run_id, result)
+                out[key].append(result)
+        return out
     finally:
-        if owned:
+        for engine in loaded.values():
             engine.close()
+
+
+def _one_trial(engine: Engine, workload: WorkloadSpec, load: LoadSpec, slo: SLO | None, target: dict,
+               requests: list[BenchRequest], label: str, progress: bool) -> BenchResult:
+    from trtbuild.bench.environment import EnvironmentMonitor
+
+    with tqdm(total=len(requests), desc=label, unit="req", disable=not progress, leave=False) as bar:
+        with EnvironmentMonitor() as env:
+            records, monitor = asyncio.run(run_load(requests, load, make_issue(engine, workload, bar)))
+    result = summarize("offline", workload, load, target, records, monitor, slo, _num_gpus(target))
+    result.summary.environment = env.result
+    return result
 
 
 def run_offline_bench(ws: Workspace, engine_dir: str | Path | None, workload: WorkloadSpec, load: LoadSpec,
                       slo: SLO | None = None, *, engine: Engine | None = None, out_dir: str | Path | None = None,
-                      progress: bool = True) -> BenchResult:
-    """One offline run (one load level) of one engine, saved under ws.bench_dir(engine_dir)/<run-id>/."""
+                      progress: bool = True, trials: int = 1) -> BenchResult:
+    """One offline run (one load level, `trials` times) of one engine, saved under ws.bench_dir(engine_dir)/<run-id>/."""
     return run_offline_sweep(ws, engine_dir, workload, [load], slo, engine=engine, out_dir=out_dir,
-                             progress=progress)[0]
+                             progress=progress, trials=trials)[0]
 
 
 def _level(load: LoadSpec) -> str:

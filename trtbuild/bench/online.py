@@ -26,10 +26,12 @@ import aiohttp
 from tqdm import tqdm
 
 from trtbuild.bench.arrivals import LoadSpec
+from trtbuild.bench.environment import EnvironmentMonitor
 from trtbuild.bench.metrics import SLO
 from trtbuild.bench.results import BenchResult, RequestRecord, save_run
 from trtbuild.bench.runner import run_load, summarize
 from trtbuild.bench.sse import SSEParser
+from trtbuild.bench.trials import interleave, merge_trials
 from trtbuild.bench.workload import BenchRequest, WorkloadSpec, build_requests
 from trtbuild.errors import TrtbuildError
 from trtbuild.tokenizer import Tokenizer
@@ -165,7 +167,7 @@ def resolve_target_engine(ws: Workspace, model: str, engine_dir: str | Path | No
     return next((e for e in ws.engines() if e.name == model), None)
 
 
-async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_s, progress, tokenizer):
+async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_s, progress, tokenizer, trials=1):
     requests = build_requests(tokenizer, spec)
     path = PATHS[spec.endpoint]
     pool = max(max((load.concurrency or 0) for load in loads), 1)
@@ -178,28 +180,32 @@ async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_
                                      headers=_headers(api_key)) as session:
         servers = [await probe(session, url, model, api_key, spec.endpoint) for url in urls]
         extensions = {k: all(s["extensions"][k] for s in servers) for k in servers[0]["extensions"]}
-        for load in loads:
-            texts: dict[int, str] = {}
-            bar = tqdm(total=len(requests), desc=f"bench {model} {load.level:g}", unit="req",
-                       disable=not progress, leave=False)
+        for trial in range(trials):
+            for i in interleave(list(range(len(loads))), trial):
+                load = loads[i]
+                texts: dict[int, str] = {}
+                label = f"bench {model} {load.level:g}" + (f" trial {trial + 1}/{trials}" if trials > 1 else "")
+                bar = tqdm(total=len(requests), desc=label, unit="req", disable=not progress, leave=False)
 
-            async def issue(req: BenchRequest, rec: RequestRecord, t0: int, texts=texts, bar=bar) -> None:
-                body = request_body(req, model, spec, extensions, prompt_format)
-                await stream_completion(session, urls[req.index % len(urls)], path, body, rec, t0, texts)
-                bar.update(1)
+                async def issue(req: BenchRequest, rec: RequestRecord, t0: int, texts=texts, bar=bar) -> None:
+                    body = request_body(req, model, spec, extensions, prompt_format)
+                    await stream_completion(session, urls[req.index % len(urls)], path, body, rec, t0, texts)
+                    bar.update(1)
 
-            records, monitor = await run_load(requests, load, issue)
-            bar.close()
-            out.append((load, records, monitor, texts))
+                with EnvironmentMonitor() as env:
+                    records, monitor = await run_load(requests, load, issue)
+                bar.close()
+                out.append((i, load, records, monitor, texts, env.result))
     return servers, extensions, out
 
 
 def run_online_bench(ws: Workspace, urls: list[str], model: str, workload: WorkloadSpec, loads: list[LoadSpec],
                      slo: SLO | None = None, *, api_key: str | None = None, prompt_format: str = "text",
                      engine_dir: str | Path | None = None, timeout_s: float = 600.0, progress: bool = True,
-                     out_dir: str | Path | None = None) -> list[BenchResult]:
+                     out_dir: str | Path | None = None, trials: int = 1) -> list[BenchResult]:
     """Benchmark an OpenAI-compatible endpoint (urls: replicas, round-robin) at each load level;
-    workload.endpoint picks /v1/completions (default) or /v1/chat/completions.
+    workload.endpoint picks /v1/completions (default) or /v1/chat/completions. Each level runs `trials`
+    times (levels interleaved) and its trials are merged into one run (trtbuild/bench/trials.py).
 
     Runs are saved under ws.bench_dir(engine) when the model is a workspace engine (or engine_dir is
     given), else under <workspace>/bench/."""
@@ -216,9 +222,11 @@ def run_online_bench(ws: Workspace, urls: list[str], model: str, workload: Workl
     urls = [u.rstrip("/").removesuffix("/v1") for u in urls]
     for load in loads:
         load.check()
+    if trials < 1:
+        raise TrtbuildError(f"--trials must be >= 1, got {trials}")
     tokenizer = Tokenizer.v3()
     servers, extensions, runs = asyncio.run(
-        _run_online(urls, model, workload, loads, api_key, prompt_format, timeout_s, progress, tokenizer))
+        _run_online(urls, model, workload, loads, api_key, prompt_format, timeout_s, progress, tokenizer, trials))
     engine = resolve_target_engine(ws, model, engine_dir)
     base = Path(out_dir) if out_dir else (ws.bench_dir(engine) if engine else ws.root / "bench")
     target = {"kind": "endpoint", "name": engine.name if engine else model, "model": model, "urls": urls,
@@ -228,13 +236,18 @@ def run_online_bench(ws: Workspace, urls: list[str], model: str, workload: Workl
         from trtbuild.manifest import load_manifest
 
         target["manifest"] = load_manifest(engine).to_dict()
-    results = []
-    for load, records, monitor, texts in runs:
+    per_level: dict[int, list[BenchResult]] = {}
+    for i, load, records, monitor, texts, env in runs:
         for rec in records:  # re-tokenize after the run, off the client's hot path
             if rec.index in texts:
                 rec.token_counts["client"] = len(tokenizer.encode(texts[rec.index], bos=False))
             rec.token_counts.setdefault("usage", None)
-        result = summarize("online", workload, load, target, records, monitor, slo)
+        trial = summarize("online", workload, load, target, records, monitor, slo)
+        trial.summary.environment = env
+        per_level.setdefault(i, []).append(trial)
+    results = []
+    for i in sorted(per_level):
+        result = merge_trials(per_level[i], slo)
         save_run(ws, base / result.summary.run_id, result)
         results.append(result)
     return results

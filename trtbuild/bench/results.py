@@ -49,6 +49,7 @@ class RequestRecord:
     error_type: str | None = None  # None = success; else http_4xx, timeout, connection, ...
     error: str | None = None
     flags: list[str] = field(default_factory=list)  # length_mismatch, token_count_mismatch, ...
+    trial: int = 0  # which repetition of the load level (trtbuild bench --trials); times are per trial
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,6 +81,12 @@ class RunSummary:
     client: dict  # health of the load generator: send lag, loop lag, CPU, thresholds
     validity: dict  # {"valid": bool, "reasons": [...]}
     unavailable: list[str] = field(default_factory=list)
+    # Repeated trials (trtbuild/bench/trials.py). Summaries written before them load with these defaults:
+    # no trials list = one trial, intervals and sample checks are then computed from the records.
+    trials: list[dict] = field(default_factory=list)  # per trial: run id, counts, metrics, validity, environment
+    intervals: dict = field(default_factory=dict)  # metric key -> Interval.to_dict() over the trials
+    sample_check: dict | None = None  # {"ok", "flags"}: too few samples for a percentile, too short a window
+    environment: dict | None = None  # the machine during the run (trtbuild/bench/environment.py)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -97,6 +104,10 @@ class RunSummary:
     @property
     def load_label(self) -> str:
         return load_label(self.load)
+
+    @property
+    def num_trials(self) -> int:
+        return max(len(self.trials), 1)
 
 
 def load_label(load: dict) -> str:

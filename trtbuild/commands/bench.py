@@ -10,26 +10,36 @@ from trtbuild.errors import RegressionDetected, TrtbuildError
 
 
 def _run_line(result, with_path: bool = True) -> str:
+    from trtbuild.bench.trials import result_intervals
+
     s = result.summary
-    lat, tp = s.latency_ms, s.throughput
-    line = (f"{s.engine_name} {s.mode} {s.load_label}: {s.counts['succeeded']}/{s.counts['requests']} ok, "
-            f"{tp.get('requests_per_s', 0):.3g} req/s, {tp.get('output_tokens_per_s', 0):.4g} out tok/s, "
-            f"TTFT p50 {_ms(lat, 'ttft')}, TPOT p50 {_ms(lat, 'tpot')}, ITL/token p50 {_ms(lat, 'itl_token')}")
+    iv = result_intervals(result)
+    trials = f" ({s.num_trials} trials, mean +- 95% CI)" if s.num_trials > 1 else ""
+    line = (f"{s.engine_name} {s.mode} {s.load_label}{trials}: {s.counts['succeeded']}/{s.counts['requests']} ok, "
+            f"{iv['requests_per_s'].text()} req/s, {iv['output_tokens_per_s'].text(4)} out tok/s, "
+            f"TTFT p50 {_ms(iv, 'ttft_p50')}, TPOT p50 {_ms(iv, 'tpot_p50')}, ITL/token p50 {_ms(iv, 'itl_token_p50')}")
     if s.slo:
-        line += f", goodput {s.slo['goodput_rps']:.3g} req/s"
+        line += f", goodput {iv['goodput_rps'].text()} req/s"
+    cv = iv["output_tokens_per_s"].cv
+    if cv is not None:
+        line += f", CV {cv:.1%}"
     if s.counts.get("failed"):
         line += f"\n  failures: {s.counts['failures_by_type']}"
     if not result.valid:
         line += "\n  INVALID: " + "; ".join(s.validity["reasons"])
+    if s.sample_check and s.sample_check.get("flags"):
+        line += "\n  too few samples: " + "; ".join(s.sample_check["flags"])
+    if (s.environment or {}).get("busy"):
+        line += f"\n  warning: the machine was busy during trial(s) {s.environment['busy_trials']}"
     note = (s.token_counts.get("prompt") or {}).get("note")
     if note:
         line += "\n  note: " + note
     return line + (f"\n  {result.path}" if with_path else "")
 
 
-def _ms(latency: dict, metric: str) -> str:
-    value = (latency.get(metric) or {}).get("p50")
-    return "n/a" if value is None else f"{value:.3g} ms"
+def _ms(intervals: dict, key: str) -> str:
+    interval = intervals.get(key)
+    return "n/a" if interval is None or interval.mean is None else f"{interval.text()} ms"
 
 
 @click.command("bench")
@@ -49,6 +59,9 @@ def _ms(latency: dict, metric: str) -> str:
 @click.option("--num-requests", type=int, default=32, show_default=True, envvar="TRTBUILD_BENCH_NUM_REQUESTS",
               help="Measured requests per load level.")
 @click.option("--duration", type=float, default=None, help="Stop sending measured requests after S seconds.")
+@click.option("--trials", type=click.IntRange(min=1), default=1, show_default=True, envvar="TRTBUILD_BENCH_TRIALS",
+              help="Run each load level N times (levels interleaved) and report mean +- 95% Student-t interval and "
+                   "CV over the trials; 3+ for decisions [env TRTBUILD_BENCH_TRIALS].")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Requests sent first and excluded.")
 @click.option("--input-len", type=int, default=128, show_default=True, help="Prompt tokens (BOS included), exact.")
 @click.option("--output-len", type=int, default=64, show_default=True, help="Output tokens, exact (ignore_eos).")
@@ -69,7 +82,7 @@ def _ms(latency: dict, metric: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the run summaries as JSON.")
 @click.pass_obj
 def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arrival, burstiness, num_requests,
-              duration, warmup, input_len, output_len, dataset, seed, slo, endpoint, prompt_format, timeout, progress,
+              duration, trials, warmup, input_len, output_len, dataset, seed, slo, endpoint, prompt_format, timeout, progress,
               as_json):
     """Benchmark ENGINE offline (in-process), or a server online with --url.
 
@@ -115,13 +128,14 @@ def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arriv
             model = engine_dir.name
         results = run_online_bench(ws, list(urls), model, spec, loads, targets, api_key=api_key,
                                    prompt_format=prompt_format, engine_dir=engine_dir, timeout_s=timeout,
-                                   progress=progress)
+                                   progress=progress, trials=trials)
     else:
         if not engine:
             raise TrtbuildError("give an ENGINE to benchmark offline, or --url URL --model NAME for a server")
         from trtbuild.bench.offline import run_offline_sweep
 
-        results = run_offline_sweep(ws, ws.resolve_engine(engine), spec, loads, targets, progress=progress)
+        results = run_offline_sweep(ws, ws.resolve_engine(engine), spec, loads, targets, progress=progress,
+                                    trials=trials)
     human = "\n".join(_run_line(r, with_path=r is not results[-1]) for r in results)
     emit({"runs": [dict(r.summary.to_dict(), path=str(r.path)) for r in results]}, human, as_json, results[-1].path)
     wrong = [r for r in results if r.summary.counts.get("flagged", {}).get("length_mismatch")]
@@ -147,8 +161,11 @@ def report_cmd(ws, inputs, baseline, tolerance, slo, out, as_json):
     """Markdown + HTML report (plots inlined) over RUN_OR_ENGINE..., and the engine to ship.
 
     \b
-    Each input is a run directory, a directory of runs, or an engine (all its runs). The selected
-    engine is the one with the highest goodput under --slo among those that passed validation.
+    Each input is a run directory, a directory of runs, or an engine (all its runs). Among engines
+    that passed validation, one wins only when its goodput under --slo beats the others beyond noise
+    (Welch 95% interval over trials); otherwise it is a tie within noise, broken by accuracy, then
+    memory. Against --baseline, a metric regresses (exit 4) only when its change exceeds --tolerance
+    with 95% confidence; "inconclusive: run more trials" when the interval straddles it.
     The last line printed is the HTML report's path.
 
     \b
@@ -159,12 +176,17 @@ def report_cmd(ws, inputs, baseline, tolerance, slo, out, as_json):
     from trtbuild.report.render import make_report
 
     result = make_report(ws, list(inputs), SLO.parse(slo), list(baseline) or None, tolerance, out)
-    lines = [f"selected: {result.selected_engine or 'none'} ({result.selection.reason})"]
+    lines = [f"selected: {result.selected_engine or 'none'} ({result.selection.decision}): {result.selection.reason}"]
     lines += [f"  {name}: {why}" for name, why in result.selection.losers.items()]
-    lines += [f"REGRESSION {r['engine']} {r['metric']}: {r['baseline']:.4g} -> {r['current']:.4g} "
-              f"({r['change_pct']:+.1f}%)" for r in result.regressions]
+    lines += [f"  note: {note}" for note in result.selection.notes]
+    lines += [("REGRESSION " if r["verdict"] == "regression" else "") + r["evidence"]
+              for r in result.comparison if r["verdict"] != "ok"]
+    if result.comparison:
+        ok = sum(r["verdict"] == "ok" for r in result.comparison)
+        lines.append(f"baseline: {len(result.regressions)} regression(s), "
+                     f"{sum(r['verdict'] == 'inconclusive' for r in result.comparison)} inconclusive, {ok} ok")
     lines.append(str(result.path_md))
     emit(result.to_dict(), "\n".join(lines), as_json, result.path_html)
     if result.regressions:
         raise RegressionDetected(f"{len(result.regressions)} metric(s) regressed beyond {tolerance:g}% against the "
-                                 f"baseline; see {result.path_html}")
+                                 f"baseline with 95% confidence; see {result.path_html}")

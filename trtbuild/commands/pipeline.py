@@ -128,30 +128,36 @@ def validate_stage(run: PipelineRun) -> StageOutcome:
 
 
 def bench_stage(run: PipelineRun) -> StageOutcome:
-    """The profile's [bench] sweep on every engine that passed; load levels already measured with the
-    same workload are reused."""
-    from trtbuild.bench import WorkloadSpec, from_profile, load_run, run_offline_sweep
+    """The profile's [bench] sweep on every engine that passed, `trials` times, engines and levels
+    interleaved (trtbuild/bench/offline.py); levels already measured with the same workload and trials
+    are reused."""
+    from trtbuild.bench import WorkloadSpec, from_profile, load_run, profile_trials
+    from trtbuild.bench.offline import run_offline_interleaved
     from trtbuild.bench.results import find_runs
 
     workload, loads, slo = from_profile(run.profile.bench)
-    ran = []
+    trials = profile_trials(run.profile.bench)
+    done: dict = {}
+    plan = {}
     for variant, engine_dir in run.engines.items():
-        done = {}
+        done[variant] = {}
         for path in find_runs(run.ws.bench_dir(engine_dir)):
             summary = load_run(path).summary
             # compared as specs: a summary written before a WorkloadSpec field existed gets its default
-            if WorkloadSpec.from_dict(summary.workload) == workload:
-                done[json.dumps(summary.load, sort_keys=True)] = path
-        todo = [load for load in loads if json.dumps(load.to_dict(), sort_keys=True) not in done]
+            if WorkloadSpec.from_dict(summary.workload) == workload and summary.num_trials == trials:
+                done[variant][json.dumps(summary.load, sort_keys=True)] = path
+        todo = [load for load in loads if json.dumps(load.to_dict(), sort_keys=True) not in done[variant]]
         if todo or run.force:
-            results = run_offline_sweep(run.ws, engine_dir, workload, loads if run.force else todo, slo,
-                                        progress=run.progress)
-            ran.append(variant)
-            for result in results:
-                done[json.dumps(result.summary.load, sort_keys=True)] = result.path
-        run.bench_runs[variant] = list(done.values())
-    detail = f"{len(loads)} load level(s) x {len(run.engines)} engine(s)"
-    return StageOutcome(not ran, detail, run.ws.bench_dir(next(iter(run.engines.values()))))
+            plan[engine_dir] = loads if run.force else todo
+    if plan:
+        results = run_offline_interleaved(run.ws, plan, workload, slo, trials=trials, progress=run.progress)
+        for variant, engine_dir in run.engines.items():
+            for result in results.get(engine_dir, []):
+                done[variant][json.dumps(result.summary.load, sort_keys=True)] = result.path
+    for variant in run.engines:
+        run.bench_runs[variant] = list(done[variant].values())
+    detail = f"{len(loads)} load level(s) x {len(run.engines)} engine(s) x {trials} trial(s)"
+    return StageOutcome(not plan, detail, run.ws.bench_dir(next(iter(run.engines.values()))))
 
 
 def report_stage(run: PipelineRun) -> StageOutcome:

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from trtbuild.bench import metrics  # noqa: E402
 from trtbuild.bench.metrics import SLO  # noqa: E402
 from trtbuild.bench.results import BenchResult  # noqa: E402
+from trtbuild.bench.trials import result_intervals  # noqa: E402
 
 DPI = 110
 VERDICT_COLORS = {"pass": "tab:green", "fail": "tab:red"}
@@ -46,7 +47,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _err(interval) -> float:
+    """Error-bar half-width: the 95% interval's, 0 where there is none (one trial)."""
+    return interval.half_width if interval is not None and interval.half_width is not None else 0.0
+
+
 def throughput_vs_latency(entries, path: Path) -> Path | None:
+    """Mean over trials, error bars = 95% intervals (both axes)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     drawn = False
     for ax, metric, label in ((axes[0], "ttft", "TTFT p50 (ms)"), (axes[1], "tpot", "TPOT p50 (ms)")):
@@ -55,9 +62,12 @@ def throughput_vs_latency(entries, path: Path) -> Path | None:
             runs = sorted((r for r in e.runs if _p50(r, metric) is not None), key=_level)
             if not runs:
                 continue
-            xs = [_p50(r, metric) for r in runs]
-            ys = [r.summary.throughput.get("output_tokens_per_s") or 0 for r in runs]
-            ax.plot(xs, ys, "o-", label=e.name)
+            ivs = [result_intervals(r) for r in runs]
+            xs = [iv[f"{metric}_p50"].mean if iv[f"{metric}_p50"].mean is not None else _p50(r, metric)
+                  for r, iv in zip(runs, ivs)]
+            ys = [iv["output_tokens_per_s"].mean or 0 for iv in ivs]
+            ax.errorbar(xs, ys, xerr=[_err(iv[f"{metric}_p50"]) for iv in ivs],
+                        yerr=[_err(iv["output_tokens_per_s"]) for iv in ivs], fmt="o-", capsize=3, label=e.name)
             for r, x, y in zip(runs, xs, ys):
                 ax.annotate(r.summary.load_label.replace("concurrency ", "c=").split(" (")[0], (x, y),
                             textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -70,7 +80,7 @@ def throughput_vs_latency(entries, path: Path) -> Path | None:
         ax.set_ylabel("output tokens/s")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Throughput against latency (each point: one load level)")
+    fig.suptitle("Throughput against latency (each point: one load level; bars: 95% interval over trials)")
     return _save(fig, path) if drawn else plt.close(fig)
 
 
@@ -150,20 +160,22 @@ def validation_vs_speed(entries, path: Path) -> Path:
     """Best output tok/s per engine, coloured by validation verdict, with its token agreement."""
     fig, ax = plt.subplots(figsize=(8, 3.8))
     names = [e.name for e in entries]
-    speeds = [max((r.summary.throughput.get("output_tokens_per_s") or 0) for r in e.runs) for e in entries]
+    best = [max(e.runs, key=lambda r: r.summary.throughput.get("output_tokens_per_s") or 0) for e in entries]
+    speeds = [r.summary.throughput.get("output_tokens_per_s") or 0 for r in best]
+    errors = [_err(result_intervals(r)["output_tokens_per_s"]) for r in best]
     colors = [VERDICT_COLORS.get(e.verdict, "tab:gray") for e in entries]
-    bars = ax.bar(range(len(names)), speeds, color=colors)
-    for bar, e in zip(bars, entries):
+    bars = ax.bar(range(len(names)), speeds, color=colors, yerr=errors, capsize=4)
+    for bar, e, err in zip(bars, entries, errors):
         m = (e.validation or {}).get("metrics") or {}
         bits = [e.verdict]
         for key, label in (("token_agreement", "agree"), ("top1", "top-1"), ("mean_kl", "KL")):
             if isinstance(m.get(key), (int, float)):
                 bits.append(f"{label} {m[key]:.3g}")
-        ax.annotate("\n".join(bits), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+        ax.annotate("\n".join(bits), (bar.get_x() + bar.get_width() / 2, bar.get_height() + err), ha="center",
                     va="bottom", fontsize=7, textcoords="offset points", xytext=(0, 2))
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_ylabel("best output tokens/s")
-    ax.set_ylim(0, max(speeds + [1]) * 1.35)
+    ax.set_ylim(0, max([s + e for s, e in zip(speeds, errors)] + [1]) * 1.35)
     ax.set_title("Speed beside validation (green: passed, red: failed, grey: not validated)")
     return _save(fig, path)
 

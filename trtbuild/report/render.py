@@ -17,7 +17,10 @@ from pathlib import Path
 from trtbuild.bench.metrics import SLO
 from trtbuild.bench.results import BenchResult
 from trtbuild.report import plots
-from trtbuild.report.select import Selection, collect, compare, goodput, select_engine
+from trtbuild.bench import stats
+from trtbuild.bench.environment import one_line
+from trtbuild.bench.trials import check_samples, result_intervals
+from trtbuild.report.select import Selection, collect, compare, goodput_interval, select_engine, weight_bytes
 from trtbuild.workspace import Workspace
 
 @dataclass
@@ -33,7 +36,8 @@ class ReportResult:
 
     def to_dict(self) -> dict:
         return {"report_dir": str(self.report_dir), "markdown": str(self.path_md), "html": str(self.path_html),
-                "selected_engine": self.selected_engine, "reason": self.selection.reason,
+                "selected_engine": self.selected_engine, "decision": self.selection.decision,
+                "reason": self.selection.reason, "inconclusive": [c for c in self.comparison if c["verdict"] == "inconclusive"],
                 "losers": self.selection.losers, "regressions": self.regressions,
                 "figures": {k: str(v) if v else None for k, v in self.figures.items()}}
 
@@ -79,7 +83,7 @@ def gpu_bound_points(entries) -> tuple[list[tuple[str, float, float]], str]:
             continue
         device = gpu_from_device_name(gpu.get("name", ""))
         tpot = plots._p50(run, "tpot")
-        weights = _weight_bytes(e.engine_dir)
+        weights = weight_bytes(e.engine_dir)
         if device is None or not tpot or not weights:
             notes.append(f"{e.name}: GPU {gpu.get('name')} not in the bandwidth table or weights unknown")
             continue
@@ -87,26 +91,46 @@ def gpu_bound_points(entries) -> tuple[list[tuple[str, float, float]], str]:
     return points, "; ".join(notes)
 
 
-def _weight_bytes(engine_dir: str | None) -> int | None:
-    """Bytes every decode step reads: the engine's weight files (safetensors or TensorRT engines)."""
-    if not engine_dir or not Path(engine_dir).is_dir():
-        return None
-    files = [p for p in Path(engine_dir).rglob("*") if p.suffix in (".safetensors", ".engine") and p.is_file()]
-    return sum(p.stat().st_size for p in files) or None
+def _pm(interval: stats.Interval | None) -> str:
+    """'12.3 +- 0.4' for a table cell; '12.3' without an interval."""
+    return "-" if interval is None or interval.mean is None else interval.text(4)
 
 
 def _run_rows(entries, slo: SLO | None) -> list[list]:
     rows = []
     for e in entries:
         for r in sorted(e.runs, key=plots._level):
-            s = r.summary
-            rows.append([e.name, s.mode, s.load_label, s.counts.get("succeeded"), s.counts.get("failed"),
-                         s.throughput.get("requests_per_s"), s.throughput.get("output_tokens_per_s"),
-                         s.throughput.get("peak_output_tokens_per_s"), (s.latency_ms["ttft"] or {}).get("p50"),
-                         (s.latency_ms["ttft"] or {}).get("p99"), (s.latency_ms["tpot"] or {}).get("p50"),
-                         (s.latency_ms["itl_token"] or {}).get("p50"), goodput(r, slo),
-                         "yes" if r.valid else "NO: " + "; ".join(s.validity.get("reasons", []))])
+            s, iv = r.summary, result_intervals(r)
+            check = s.sample_check or check_samples(s)
+            cv = iv["output_tokens_per_s"].cv
+            rows.append([e.name, s.mode, s.load_label, s.num_trials, s.counts.get("succeeded"), s.counts.get("failed"),
+                         _pm(iv["requests_per_s"]), _pm(iv["output_tokens_per_s"]),
+                         f"{cv:.1%}" if cv is not None else "-", _pm(iv["ttft_p50"]),
+                         (s.latency_ms["ttft"] or {}).get("p99"), _pm(iv["tpot_p50"]), _pm(iv["itl_token_p50"]),
+                         _pm(goodput_interval(r, slo)),
+                         "yes" if r.valid else "NO: " + "; ".join(s.validity.get("reasons", [])),
+                         "ok" if check["ok"] else "FEW: " + "; ".join(check["flags"])])
     return rows
+
+
+def _environment_lines(entries) -> list[str]:
+    """One line per run and trial: what the machine was doing; a warning when it was busy."""
+    out, busy = [], []
+    for e in entries:
+        for r in sorted(e.runs, key=plots._level):
+            s = r.summary
+            trials = s.trials or [{"trial": 0, "environment": s.environment}]
+            for t in trials:
+                env = t.get("environment")
+                out.append(f"- {e.name} {s.load_label} trial {t['trial'] + 1}: {one_line(env)}")
+                if (env or {}).get("busy"):
+                    busy.append(f"{e.name} {s.load_label} trial {t['trial'] + 1} ({'; '.join(env['busy_reasons'])})")
+    if busy:
+        out.insert(0, f"**Warning: the machine was busy** during {len(busy)} trial(s): {', '.join(busy[:6])}"
+                      f"{' ...' if len(busy) > 6 else ''}. Expect wider intervals; rerun on a quiet machine "
+                      "before trusting small differences.")
+        out.insert(1, "")
+    return out
 
 
 def render_markdown(title: str, selection: Selection, slo: SLO | None, figures: dict, entries, comparison,
@@ -114,18 +138,24 @@ def render_markdown(title: str, selection: Selection, slo: SLO | None, figures: 
     out = [f"# {title}", "", f"Generated {dt.datetime.now().isoformat(timespec='seconds')} by trtbuild.", ""]
     out += ["## Selected engine", ""]
     if selection.engine:
-        out += [f"**{selection.engine}**: {selection.reason}.", ""]
+        out += [f"**{selection.engine}** ({selection.decision}): {selection.reason}.", ""]
     else:
         out += [f"**none**: {selection.reason}.", ""]
     for name, why in selection.losers.items():
         out.append(f"- {name} lost: {why}")
     out += [f"- note: {n}" for n in selection.notes] + [""]
     out += [f"SLOs: {slo if slo and slo.targets() else 'none given (goodput = successful requests/s)'}.", ""]
-    out += ["## Runs", "", _table(["engine", "mode", "load", "ok", "failed", "req/s", "out tok/s", "peak tok/s",
-                                    "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "ITL/tok p50 ms", "goodput req/s",
-                                    "valid"], _run_rows(entries, slo)), ""]
-    out += ["Percentiles use linear interpolation; failed requests are excluded from latency statistics "
-            "(docs/benchmarks.md).", ""]
+    out += ["## Runs", "", _table(["engine", "mode", "load", "trials", "ok", "failed", "req/s", "out tok/s",
+                                    "CV out tok/s", "TTFT p50 ms", "TTFT p99 ms (pooled)", "TPOT p50 ms",
+                                    "ITL/tok p50 ms", "goodput req/s", "valid", "samples"],
+                                   _run_rows(entries, slo)), ""]
+    out += ["Values are the mean over trials +- the half-width of its 95% Student-t interval (t(0.975, n-1) s / "
+            "sqrt(n)); CV = s / mean over trials. With one trial, latency p50s carry a 95% percentile-bootstrap "
+            "interval over requests (request-to-request spread only) and throughput none. TTFT p99 is pooled over "
+            "all trials' requests. A percentile needs n >= ln(0.025)/ln(q) samples (p50 6, p90 36, p99 368) and "
+            "a window >= 10 x E2E p50, else the samples column says FEW. Percentiles use linear interpolation; "
+            "failed requests are excluded from latency statistics (docs/benchmarks.md).", ""]
+    out += ["## Machine during each trial", ""] + _environment_lines(entries) + [""]
     out += ["## Validation", ""]
     vrows = []
     for e in entries:
@@ -154,9 +184,14 @@ def render_markdown(title: str, selection: Selection, slo: SLO | None, figures: 
         out.append("")
     if comparison:
         out += [f"## Against the baseline (tolerance {tolerance:g}%)", ""]
-        out += [_table(["engine", "run", "metric", "baseline", "current", "change %", "regressed"],
+        out += ["Regression = the 95% Welch interval of the change lies beyond the tolerance; ok = it lies within; "
+                "inconclusive = it straddles the tolerance (run more trials).", ""]
+        out += [_table(["engine", "run", "metric", "baseline", "current", "change %", "95% CI of change %", "verdict"],
                        [[c["engine"], c["run"], c["metric"], c["baseline"], c["current"], c["change_pct"],
-                         "REGRESSED" if c["regressed"] else "ok"] for c in comparison]), ""]
+                         f"[{c['low_pct']:+.1f}, {c['high_pct']:+.1f}]" if c["low_pct"] is not None else "none",
+                         c["verdict"].upper() if c["verdict"] == "regression" else c["verdict"]]
+                        for c in comparison]), ""]
+        out += [f"- {c['evidence']}" for c in comparison if c["verdict"] != "ok"] + [""]
     return "\n".join(out) + "\n"
 
 
@@ -239,9 +274,11 @@ def make_report(ws: Workspace, inputs: list, slo: SLO | None = None, baseline=No
 def _selection_json(selection: Selection, slo: SLO | None) -> str:
     import json
 
-    return json.dumps({"selected_engine": selection.engine, "reason": selection.reason, "losers": selection.losers,
+    return json.dumps({"selected_engine": selection.engine, "decision": selection.decision,
+                       "reason": selection.reason, "losers": selection.losers,
                        "notes": selection.notes, "slo": slo.to_dict() if slo else None,
                        "engines": [{"name": e.name, "verdict": e.verdict, "best_goodput_rps": e.best_goodput,
                                     "best_output_tokens_per_s": e.best_output_tps,
+                                    "best_goodput_interval": e.best_interval.to_dict() if e.best_interval else None,
                                     "best_run": str(e.best_run.path) if e.best_run else None}
                                    for e in selection.entries]}, indent=2) + "\n"

@@ -1,9 +1,13 @@
-"""Which engine to ship, and did anything get slower: engine selection and baseline comparison.
+"""Which engine to ship, and did anything get slower: decisions that noise cannot flip.
 
-Selection: among engines whose validation verdict is "pass", the one with the highest goodput
-(requests/s meeting every SLO; without SLOs, successful requests/s) over its valid runs at any load
-level; ties go to output tokens/s. Every other engine gets the reason it lost. Runs the client
-marked invalid (client bottleneck, wrong output lengths) never count.
+Selection: among engines whose validation verdict is "pass", each competes with its goodput
+(requests/s meeting every SLO; without SLOs, successful requests/s) at its best load level, as a mean
+over trials with a 95% Student-t interval. An engine another beats beyond noise (Welch's 95% interval
+of the difference above 0) is out; if one engine is left it wins, else it is a "tie within noise",
+broken by accuracy (validation), then by memory. Every other engine gets the reason it lost, and the
+decision carries its evidence in one line. Runs the client marked invalid never count.
+Regression: each metric's change against the baseline, with the Welch interval of the change
+(trtbuild/bench/stats.py): regression / ok / inconclusive.
 """
 
 from __future__ import annotations
@@ -12,23 +16,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trtbuild.bench import metrics
+from trtbuild.bench import stats
 from trtbuild.bench.metrics import SLO
 from trtbuild.bench.results import BenchResult, find_runs, load_run
+from trtbuild.bench.trials import TRIAL_METRICS, result_intervals, trial_goodputs
 from trtbuild.errors import TrtbuildError
 from trtbuild.workspace import Workspace
-
-# (summary path, display name, higher is better)
-COMPARED = [
-    (("throughput", "requests_per_s"), "requests/s", True),
-    (("throughput", "output_tokens_per_s"), "output tok/s", True),
-    (("latency_ms", "ttft", "p50"), "TTFT p50 ms", False),
-    (("latency_ms", "ttft", "p99"), "TTFT p99 ms", False),
-    (("latency_ms", "tpot", "p50"), "TPOT p50 ms", False),
-    (("latency_ms", "itl_token", "p50"), "ITL/token p50 ms", False),
-    (("latency_ms", "e2e", "p50"), "E2E p50 ms", False),
-]
-
 
 def collect(ws: Workspace, inputs: list[str | Path]) -> list[BenchResult]:
     """Runs from run directories, summary.json files, directories of runs, or engine specs (all their runs)."""
@@ -67,11 +60,14 @@ def load_validation(engine_dir: str | None) -> dict | None:
 
 
 def goodput(result: BenchResult, slo: SLO | None) -> float:
-    """Requests/s that met every SLO (recomputed from the per-request records for this SLO)."""
-    if slo is None or not slo.targets():
-        return result.summary.throughput.get("requests_per_s") or 0.0
-    report = metrics.compute(result.records, slo)["slo"]
-    return (report or {}).get("goodput_rps") or 0.0
+    """Requests/s that met every SLO (recomputed from the per-request records for this SLO), mean over trials."""
+    values = trial_goodputs(result, slo)
+    return sum(values) / len(values) if values else 0.0
+
+
+def goodput_interval(result: BenchResult, slo: SLO | None) -> stats.Interval:
+    """Mean goodput over the run's trials with its 95% Student-t interval (none for one trial)."""
+    return stats.mean_interval(trial_goodputs(result, slo))
 
 
 @dataclass
@@ -83,6 +79,8 @@ class EngineEntry:
     best_goodput: float = 0.0
     best_run: BenchResult | None = None
     best_output_tps: float = 0.0
+    best_interval: stats.Interval | None = None  # goodput at the best level: mean and 95% interval
+    levels: list = field(default_factory=list)  # (run, goodput interval) of every valid run
 
     @property
     def verdict(self) -> str:
@@ -92,10 +90,11 @@ class EngineEntry:
 @dataclass
 class Selection:
     engine: str | None
-    reason: str
+    reason: str  # the decision's evidence, one line
     losers: dict[str, str] = field(default_factory=dict)
     entries: list[EngineEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    decision: str = "none"  # win | tie within noise | only candidate | none
 
 
 def group(runs: list[BenchResult]) -> list[EngineEntry]:
@@ -109,7 +108,63 @@ def group(runs: list[BenchResult]) -> list[EngineEntry]:
     return list(entries.values())
 
 
+# Accuracy for breaking ties, from validation.json: (metric, higher is better, label), first one all have.
+ACCURACY_KEYS = [("mean_kl", False, "mean KL vs reference"), ("top1", True, "top-1 agreement"),
+                 ("token_agreement", True, "greedy token agreement")]
+
+
+def weight_bytes(engine_dir: str | None) -> int | None:
+    """Memory for breaking ties: bytes of the engine's weight files (safetensors or TensorRT engines)."""
+    if not engine_dir or not Path(engine_dir).is_dir():
+        return None
+    files = [p for p in Path(engine_dir).rglob("*") if p.suffix in (".safetensors", ".engine") and p.is_file()]
+    return sum(p.stat().st_size for p in files) or None
+
+
+def _g(iv: stats.Interval) -> str:
+    return iv.text() + ("" if iv.half_width is not None else " (1 trial: no interval)")
+
+
+def _diff(d: stats.Difference) -> str:
+    if not d.known:
+        return f"difference {d.diff:+.3g}, no interval: {d.method}"
+    return f"Welch 95% CI of the difference [{d.low:+.3g}, {d.high:+.3g}]"
+
+
+def break_tie(tied: list[EngineEntry]) -> tuple[EngineEntry, str]:
+    """Among engines whose goodput is within noise: the most accurate (validation), then the smallest
+    (weight bytes), then the highest mean goodput. Returns (winner, how it was broken)."""
+    for key, higher, label in ACCURACY_KEYS:
+        values = [((e.validation or {}).get("metrics") or {}).get(key) for e in tied]
+        if all(isinstance(v, (int, float)) for v in values) and len(set(values)) > 1:
+            best = (max if higher else min)(range(len(tied)), key=lambda i: values[i])
+            shown = ", ".join(f"{e.name} {v:.4g}" for e, v in zip(tied, values))
+            return tied[best], f"broken by accuracy, {label}: {shown}"
+    sizes = [weight_bytes(e.engine_dir) for e in tied]
+    if all(sizes) and len(set(sizes)) > 1:
+        best = min(range(len(tied)), key=lambda i: sizes[i])
+        shown = ", ".join(f"{e.name} {b / 2**20:.3g} MiB" for e, b in zip(tied, sizes))
+        return tied[best], f"accuracy equal; broken by memory, weight bytes: {shown}"
+    best = max(tied, key=lambda e: (e.best_goodput, e.best_output_tps))
+    return best, "accuracy and memory equal or unknown; broken by the higher mean goodput"
+
+
+def engine_beats(a: EngineEntry, b: EngineEntry) -> tuple[BenchResult, stats.Interval, stats.Difference] | None:
+    """A beats B beyond noise when one of A's load levels beats every level of B beyond noise (Welch 95%):
+    then A's best goodput exceeds B's best. Returns (A's run, its interval, the difference to B's best
+    level) for A's strongest such level, or None."""
+    winning = [(run, iv) for run, iv in a.levels
+               if all(stats.beats(iv, other)[0] == "win" for _, other in b.levels)]
+    if not winning:
+        return None
+    run, iv = max(winning, key=lambda x: x[1].mean)
+    return run, iv, stats.welch_difference(iv, b.best_interval)
+
+
 def select_engine(runs: list[BenchResult], slo: SLO | None) -> Selection:
+    """Engines that passed validation compete on goodput. An engine is out when another beats it beyond
+    noise (engine_beats: a level of the other beats all of its levels, Welch 95% interval of the difference
+    above 0); one left = a win, several = a tie within noise, broken by accuracy, then memory (break_tie)."""
     entries = group(runs)
     what = f"goodput under {slo}" if slo and slo.targets() else "request throughput (no SLO given)"
     notes = []
@@ -121,9 +176,10 @@ def select_engine(runs: list[BenchResult], slo: SLO | None) -> Selection:
         for run in e.runs:
             if not run.valid:
                 continue
-            g, tps = goodput(run, slo), run.summary.throughput.get("output_tokens_per_s") or 0.0
-            if (g, tps) > (e.best_goodput, e.best_output_tps):
-                e.best_goodput, e.best_run, e.best_output_tps = g, run, tps
+            iv, tps = goodput_interval(run, slo), run.summary.throughput.get("output_tokens_per_s") or 0.0
+            e.levels.append((run, iv))
+            if e.best_run is None or (iv.mean, tps) > (e.best_goodput, e.best_output_tps):
+                e.best_goodput, e.best_run, e.best_output_tps, e.best_interval = iv.mean or 0.0, run, tps, iv
     candidates, losers = [], {}
     for e in entries:
         if e.verdict != "pass":
@@ -137,19 +193,43 @@ def select_engine(runs: list[BenchResult], slo: SLO | None) -> Selection:
     if not candidates:
         return Selection(None, "no engine passed validation and has a valid run", losers, entries, notes)
     candidates.sort(key=lambda e: (e.best_goodput, e.best_output_tps), reverse=True)
-    best = candidates[0]
-    reason = (f"highest {what}: {best.best_goodput:.3g} req/s at {best.best_run.summary.load_label} "
-              f"({best.best_output_tps:.4g} output tok/s), validation passed")
-    for e in candidates[1:]:
-        losers[e.name] = (f"lower {what}: {e.best_goodput:.3g} vs {best.best_goodput:.3g} req/s "
-                          f"(best at {e.best_run.summary.load_label}, {e.best_output_tps:.4g} output tok/s)")
-    return Selection(best.name, reason, losers, entries, notes)
-
-
-def _get(data: dict, path: tuple) -> float | None:
-    for key in path:
-        data = (data or {}).get(key)
-    return data if isinstance(data, (int, float)) else None
+    if any(e.best_interval.half_width is None for e in candidates) and len(candidates) > 1:
+        notes.append("a single trial has no interval, so no engine can win on speed: run with --trials 3 or more")
+    out, beaten = [], {}
+    for e in candidates:
+        beaten_by = [(o, hit) for o in candidates if o is not e for hit in [engine_beats(o, e)] if hit]
+        if beaten_by:
+            o, (run, iv, d) = beaten_by[0]
+            beaten[e.name] = (o, run, iv, d)
+            losers[e.name] = (f"lower {what} beyond noise: best {_g(e.best_interval)} at {e.best_run.summary.load_label} "
+                              f"vs {o.name} {_g(iv)} req/s at {run.summary.load_label} ({_diff(d)})")
+        else:
+            out.append(e)
+    if len(candidates) == 1:
+        best = candidates[0]
+        return Selection(best.name, f"the only engine that passed validation with a valid run: {what} "
+                                    f"{_g(best.best_interval)} req/s at {best.best_run.summary.load_label}",
+                         losers, entries, notes, "only candidate")
+    level = {e.name: e.best_run.summary.load_label for e in candidates}
+    if len(out) == 1:
+        best = out[0]
+        evidence = []
+        for e in candidates:
+            if e is not best:
+                hit = engine_beats(best, e)  # the winner beats each loser directly, or another engine did
+                run, iv, d = hit if hit else beaten[e.name][1:]
+                who = "" if hit else f"{beaten[e.name][0].name} "
+                evidence.append(f"{who}{_g(iv)} at {run.summary.load_label} vs {e.name} best {_g(e.best_interval)} at "
+                                f"{level[e.name]} ({_diff(d)})")
+        reason = f"wins on {what} beyond noise (req/s): " + "; ".join(evidence) + ", validation passed"
+        return Selection(best.name, reason, losers, entries, notes, "win")
+    best, how = break_tie(out)
+    shown = ", ".join(f"{e.name} {_g(e.best_interval)} at {level[e.name]}" for e in out)
+    reason = f"tie within noise on {what} ({shown} req/s; no engine beats another beyond its interval); {how}"
+    for e in out:
+        if e is not best:
+            losers[e.name] = f"tie within noise with {best.name}, which won the tie ({how.split(':')[0]})"
+    return Selection(best.name, reason, losers, entries, notes, "tie within noise")
 
 
 def _match(run: BenchResult, baselines: list[BenchResult]) -> BenchResult | None:
@@ -162,7 +242,9 @@ def _match(run: BenchResult, baselines: list[BenchResult]) -> BenchResult | None
 
 
 def compare(runs: list[BenchResult], baselines: list[BenchResult], tolerance_pct: float) -> list[dict]:
-    """One row per (run, metric); regressed = worse than the baseline by more than tolerance_pct %."""
+    """One row per (run, metric) with a verdict (stats.regression_verdict): "regression" when the change
+    for the worse exceeds tolerance_pct with 95% confidence, "ok" when it is within it with 95%
+    confidence, "inconclusive" otherwise (run more trials). regressed = verdict == "regression"."""
     if tolerance_pct < 0:
         raise TrtbuildError(f"--tolerance must be >= 0 percent, got {tolerance_pct}")
     rows = []
@@ -170,13 +252,20 @@ def compare(runs: list[BenchResult], baselines: list[BenchResult], tolerance_pct
         base = _match(run, baselines)
         if base is None or base.path == run.path:
             continue
-        for path, label, higher_better in COMPARED:
-            old, new = _get(base.summary.to_dict(), path), _get(run.summary.to_dict(), path)
-            if old is None or new is None or old == 0:
+        now, before = result_intervals(run), result_intervals(base)
+        for key, (_, higher_better, label) in TRIAL_METRICS.items():
+            new, old = now.get(key), before.get(key)
+            if new is None or old is None or new.mean is None or not old.mean:
                 continue
-            change = (new - old) / abs(old) * 100
-            worse = -change if higher_better else change
+            verdict, change, low, high = stats.regression_verdict(new, old, tolerance_pct, higher_better)
+            ci = f"95% CI [{low:+.1f}, {high:+.1f}]%" if low is not None else "no interval: run --trials 3 or more"
+            rule = {"regression": f"worse beyond the {tolerance_pct:g}% tolerance",
+                    "ok": f"within the {tolerance_pct:g}% tolerance",
+                    "inconclusive": "inconclusive: run more trials"}[verdict]
+            evidence = (f"{run.summary.engine_name} {run.summary.load_label} {label}: {new.text(4)} vs baseline "
+                        f"{old.text(4)} ({change:+.1f}%, {ci}): {rule}")
             rows.append({"run": run.summary.run_id, "engine": run.summary.engine_name, "metric": label,
-                         "baseline": old, "current": new, "change_pct": change,
-                         "regressed": worse > tolerance_pct})
+                         "baseline": old.mean, "current": new.mean, "change_pct": change, "low_pct": low,
+                         "high_pct": high, "verdict": verdict, "regressed": verdict == "regression",
+                         "evidence": evidence})
     return rows
