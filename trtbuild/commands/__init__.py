@@ -6,6 +6,8 @@ summary or --json, and end with the path of what they made (trtbuild.cli.emit).
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from trtbuild.config import BUILTIN_PROFILES, DEFAULT_PROFILE, VARIANTS
@@ -40,6 +42,11 @@ def model_option(f):
     return click.option(
         "--model", envvar="TRTBUILD_MODEL", show_envvar=True, default=None, metavar="ID|DIR",
         help="Override the profile's model: a hub id, a local checkpoint directory or builtin:tiny-mistral.")(f)
+
+
+def progress_bars(as_json: bool) -> bool:
+    """Progress bars on a terminal; none with --json or in a log (stderr redirected to a file or pipe)."""
+    return not as_json and sys.stderr.isatty()
 
 
 def warn(message: str) -> None:

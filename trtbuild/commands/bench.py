@@ -6,6 +6,7 @@ import click
 from click.core import ParameterSource
 
 from trtbuild.cli import emit
+from trtbuild.commands import progress_bars
 from trtbuild.errors import RegressionDetected, TrtbuildError
 
 
@@ -78,7 +79,8 @@ def _ms(intervals: dict, key: str) -> str:
 @click.option("--prompt-format", type=click.Choice(["text", "ids"]), default="text", show_default=True,
               help="Online, --endpoint completions: send prompts as text or as token-id lists.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Online: per-request timeout (s).")
-@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars on stderr  [default: on a terminal, off in a log].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summaries as JSON.")
 @click.pass_obj
 def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arrival, burstiness, num_requests,
@@ -101,6 +103,8 @@ def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arriv
       trtbuild bench --url http://127.0.0.1:8000 --model fp8-0123abcd --concurrency 8
       trtbuild bench --url http://127.0.0.1:8000 --model fp8-0123abcd --endpoint chat
     """
+    if progress is None:
+        progress = progress_bars(as_json)
     from trtbuild.bench.arrivals import parse_levels, sweep
     from trtbuild.bench.metrics import SLO
     from trtbuild.bench.workload import WorkloadSpec

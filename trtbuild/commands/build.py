@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from trtbuild.cli import emit
-from trtbuild.commands import backend_option, json_option, model_option, profile_option, variant_option, warn
+from trtbuild.commands import backend_option, json_option, model_option, profile_option, progress_bars, variant_option, warn
 
 GiB = 1 << 30
 
@@ -28,7 +28,7 @@ def fetch_cmd(ws, model, revision, token, as_json):
     """
     from trtbuild.models import resolve_source
 
-    source = resolve_source(ws, model, revision, token=token, progress=not as_json)
+    source = resolve_source(ws, model, revision, token=token, progress=progress_bars(as_json))
     size = sum((source.path / rel).stat().st_size for rel in source.files if (source.path / rel).is_file())
     human = (f"{source.model_id} @ {source.revision or 'local'}: {len(source.files)} files, "
              f"{size / GiB:.2f} GiB")
@@ -68,9 +68,9 @@ def quantize_cmd(ws, model, profile_spec, variant, calib_dataset, calib_size, ca
                             f"{settings.quantization!r}); set quantization = \"fp8\" in the profile")
     overrides = {"dataset": calib_dataset, "num_samples": calib_size, "max_seq_len": calib_seq_len}
     calibration = dataclasses.replace(settings.calibration, **{k: v for k, v in overrides.items() if v is not None})
-    source = profile_source(ws, profile, model, progress=not as_json)
+    source = profile_source(ws, profile, model, progress=progress_bars(as_json))
     quantized = quantize_fp8(ws, source, calibration, kv_cache_fp8=settings.kv_cache_dtype == "fp8",
-                             dtype=settings.dtype, progress=not as_json)
+                             dtype=settings.dtype, progress=progress_bars(as_json))
     kv = ", FP8 KV cache" if quantized.kv_cache_fp8 else ""
     human = (f"{source.model_id}: FP8 weights and activations{kv}; calibrated on {calibration.dataset} "
              f"({calibration.num_samples} samples x {calibration.max_seq_len} tokens)")
@@ -103,14 +103,14 @@ def compile_cmd(ws, profile_spec, variant, backend, model, force, print_key, as_
     if print_key:
         from trtbuild.compile import engine_keys
 
-        keys = engine_keys(ws, load_profile(profile_spec), variant, backend, model, progress=not as_json)
+        keys = engine_keys(ws, load_profile(profile_spec), variant, backend, model, progress=progress_bars(as_json))
         dirs = {v: ws.engine_dir(v, key) for v, key in keys.items()}
         emit({"engines": {v: {"key": keys[v], "engine_dir": str(d), "built": (d / "manifest.json").is_file()}
                           for v, d in dirs.items()}},
              "\n".join(f"{v} {keys[v]} {d}" for v, d in dirs.items()), as_json)
         return
     results = compile_profile(ws, load_profile(profile_spec), variant=variant, backend=backend, force=force,
-                              progress=not as_json, model=model)
+                              progress=progress_bars(as_json), model=model)
     for result in results:
         for message in result.warnings:
             warn(message)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from trtbuild.cli import emit
-from trtbuild.commands import backend_option, json_option, profile_option, variant_option
+from trtbuild.commands import backend_option, json_option, profile_option, progress_bars, variant_option
 from trtbuild.errors import ValidationFailed
 
 
@@ -224,7 +224,7 @@ def run_cmd(ws, profile_spec, variant, backend, force, as_json):
     from trtbuild.config import load_profile
 
     profile = load_profile(profile_spec)
-    run = PipelineRun(ws=ws, profile=profile, variant=variant, backend=backend, force=force, progress=not as_json)
+    run = PipelineRun(ws=ws, profile=profile, variant=variant, backend=backend, force=force, progress=progress_bars(as_json))
     report = run_pipeline(run, echo=(lambda line: None) if as_json else lambda line: click.echo(line, err=True))
     last = next((r["path"] for r in reversed(report) if r["path"]), None)
     summary = f"{profile.name}: {sum(not r['skipped'] for r in report)} of {len(report)} stages ran ({run.backend})"

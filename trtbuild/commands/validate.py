@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from trtbuild.commands import progress_bars
+
 THRESHOLD_OPTIONS = [  # (option, Thresholds field, help)
     ("--min-exact-match", "min_exact_match", "Minimum fraction of prompts generated exactly like the reference."),
     ("--min-token-agreement", "min_token_agreement", "Minimum fraction of the reference's tokens reproduced in place."),
@@ -74,7 +76,7 @@ def validate_cmd(ws, engine, reference, prompts_file, max_tokens, summarize, sum
         table = load_profile(profile).validation
     overrides = {k: v for k, v in thresholds.items() if v is not None}
     result = validate_engine(ws, engine, reference=reference, prompts=prompts_file, max_tokens=max_tokens,
-                             thresholds=overrides, profile_thresholds=table, progress=not as_json,
+                             thresholds=overrides, profile_thresholds=table, progress=progress_bars(as_json),
                              summarize=summarize, summarize_samples=summarize_samples, allow_unscored=allow_unscored)
     emit(result.to_dict(), format_table(result), as_json, path=f"{result.engine_dir}/{RESULT_FILE}")
     result.raise_if_failed()
