@@ -34,6 +34,7 @@ def isolate_environment() -> Path:
         "HF_HOME": str(home / "hf"),
         "HF_ENDPOINT": "http://127.0.0.1:9",  # the discard port: a test that forgets its local hub fails fast
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_DATASETS_OFFLINE": "1",  # `datasets` (lm-eval's) would retry the discard port for ~20 s per load
     })
     return home
 
@@ -87,3 +88,11 @@ def engine_dirs(workspace, tiny_model, profile) -> dict[str, Path]:
 
     return {name: compile_engine(workspace, settings, tiny_model, backend="torch", progress=False).engine_dir
             for name, settings in profile.variants.items()}
+
+
+@pytest.fixture(scope="session")
+def limits(engine_dirs) -> dict:
+    """The fp16 engine's build limits (cpu-tiny: max_seq_len 512, max_input_len 384, max_batch_size 32)."""
+    from trtbuild.manifest import load_manifest
+
+    return load_manifest(engine_dirs["fp16"]).build

@@ -81,15 +81,27 @@ def test_engines_lists_the_workspace(capsys, workspace, engine_dirs):
     assert last_line(out) == str(workspace.engines_dir) and engine_dirs["fp8"].name in out
 
 
-def test_run_skips_what_the_workspace_has(capsys, workspace, engine_dirs):
-    code, out, err = trtbuild(capsys, workspace, "run", "--backend", "torch", "--json")
+def light_cpu_tiny(tmp_path) -> str:
+    """cpu-tiny with a one-trial, 4-request bench: the pipeline's control flow, not a measurement."""
+    from importlib import resources
+
+    text = (resources.files("trtbuild") / "profiles" / "cpu-tiny.toml").read_text()
+    assert "\ntrials = 3\n" in text and "\nnum_requests = 16\n" in text
+    path = tmp_path / "cpu-tiny-light.toml"
+    path.write_text(text.replace("\ntrials = 3\n", "\ntrials = 1\n").replace("\nnum_requests = 16\n", "\nnum_requests = 4\n"))
+    return str(path)
+
+
+def test_run_skips_what_the_workspace_has(capsys, workspace, engine_dirs, tmp_path):
+    profile = light_cpu_tiny(tmp_path)
+    code, out, err = trtbuild(capsys, workspace, "run", "--profile", profile, "--backend", "torch", "--json")
     assert code == 0, err
     report = json.loads(out)
     assert [s["stage"] for s in report["stages"]][:3] == ["fetch", "quantize", "compile"]
     assert all(s["skipped"] for s in report["stages"][:3]), report["stages"]
     compile_stage = report["stages"][2]
     assert [e["engine_dir"] for e in compile_stage["data"]["engines"]] == [str(p) for p in engine_dirs.values()]
-    code, out, err = trtbuild(capsys, workspace, "run", "--backend", "torch", "--variant", "fp16")
+    code, out, err = trtbuild(capsys, workspace, "run", "--profile", profile, "--backend", "torch", "--variant", "fp16")
     assert code == 0 and "[3/6] compile: skipped (already in the workspace)" in err
     assert last_line(out).endswith("report.html")  # the pipeline ends with the report
 

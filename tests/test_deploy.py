@@ -21,6 +21,7 @@ import yaml
 from helpers import trtbuild
 from prometheus_client.parser import text_string_to_metric_families
 
+import trtbuild.manifest as manifest_module
 from trtbuild.deploy import kube, observe
 from trtbuild.deploy.overlay import render
 
@@ -125,7 +126,7 @@ def test_serve_command_and_settings_are_what_trtbuild_serve_accepts(out, overlay
     assert params["drain_seconds"] == 15.0 and params["shutdown_timeout"] == 30.0 and params["api_key"] == "k"
     assert group["workspace"] == kube.ENGINES_MOUNT
     # TRTBUILD_VERIFY is read by manifest.verify_engine, not an option: check it is still read there
-    assert 'os.environ.get("TRTBUILD_VERIFY"' in Path("trtbuild/manifest.py").read_text()
+    assert 'os.environ.get("TRTBUILD_VERIFY"' in Path(manifest_module.__file__).read_text()
     key = next(e for e in container["env"] if e["name"] == "TRTBUILD_API_KEY")
     assert key["valueFrom"]["secretKeyRef"] == {"name": "trtbuild-api-key", "key": "api-key"}
     # the pod stops only after drain + in-flight grace: Kubernetes must not SIGKILL earlier

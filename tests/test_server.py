@@ -29,14 +29,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def limits(engine_dirs):
-    """The engine's build limits (cpu-tiny: max_seq_len 512, max_input_len 384, max_batch_size 32)."""
-    from trtbuild.manifest import load_manifest
-
-    return load_manifest(engine_dirs["fp16"]).build
-
-
-@pytest.fixture(scope="module")
 def servers(workspace, engine_dirs, tmp_path_factory):
     logs = tmp_path_factory.mktemp("server-logs")
     engine = engine_dirs["fp16"]

@@ -26,14 +26,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def limits(engine_dirs):
-    """The engine's build limits (cpu-tiny: max_batch_size 32, max_input_len 384)."""
-    from trtbuild.manifest import load_manifest
-
-    return load_manifest(engine_dirs["fp16"]).build
-
-
-@pytest.fixture(scope="module")
 def server(workspace, engine_dirs, tmp_path_factory):
     args = ["--max-queue", "0", "--header-timeout", str(HEADER_TIMEOUT), "--keep-alive-timeout", str(KEEP_ALIVE),
             "--write-timeout", str(WRITE_TIMEOUT), "--max-connections", str(MAX_CONNECTIONS),
