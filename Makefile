@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU build of torch that pip finds on local disk; on a GPU host: make setup TORCH=torch==2.9.1
 TORCH  ?= torch==2.13.0
+# Test files run on this many pytest-xdist workers (one per core of the 2-core CI machine)
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench clean
 
@@ -23,7 +25,7 @@ demo: setup
 	$(BIN)/trtbuild run
 
 test: setup
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 bench: setup
 	$(BIN)/pytest -q bench --benchmark-only

@@ -1,12 +1,17 @@
-"""Shared fixtures: one workspace per test session, the embedded model and its engines built once.
+"""Shared fixtures: one workspace per test run, the embedded model and its engines built once.
 
 Set TRTBUILD_TEST_WORKSPACE to reuse a workspace between runs (the tiny model and engines are then
 cache hits); CI leaves it unset and builds everything from scratch in a temporary directory.
+
+`make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's module fixtures,
+its servers, stay on one worker). The workers share one workspace; whichever first needs the tiny model
+or the engines builds them under a file lock while the other waits, then both read the cache.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -44,6 +49,22 @@ TEST_HOME = isolate_environment()
 from trtbuild.workspace import Workspace  # noqa: E402  (after the environment is settled)
 
 
+def xdist_worker(config) -> bool:
+    """True in a pytest-xdist worker (not from the environment: a subprocess pytest inherits that)."""
+    return hasattr(config, "workerinput")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_worker(request):
+    """Two xdist workers on two cores: torch's default of one OpenMP thread per core would give four
+    spinning threads on two cores, which crawl. One each (the engines' runtime uses one thread too)."""
+    if xdist_worker(request.config):
+        import torch
+
+        torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def neutral_working_directory(tmp_path_factory):
     """Run every test from an empty directory: nothing may depend on where pytest was started."""
@@ -54,9 +75,24 @@ def neutral_working_directory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory) -> Workspace:
+def workspace(tmp_path_factory, request) -> Workspace:
     root = os.environ.get("TRTBUILD_TEST_WORKSPACE")
-    return Workspace(Path(root) if root else tmp_path_factory.mktemp("workspace"))
+    if root:
+        return Workspace(Path(root))
+    # Under xdist each worker's basetemp is <run>/popen-gwN: the run's directory is shared by the workers.
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if xdist_worker(request.config) else base) / "workspace"
+    shared.mkdir(exist_ok=True)
+    return Workspace(shared)
+
+
+@contextlib.contextmanager
+def built_once(workspace: Workspace, what: str):
+    """Hold the run's lock for building `what`: the first worker builds, the others then hit its cache."""
+    from filelock import FileLock
+
+    with FileLock(str(workspace.root / f".tests-{what}.lock")):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +107,8 @@ def tiny_model(workspace):
     """The embedded default model (builtin:tiny-mistral) as a SourceModel."""
     from trtbuild.models import resolve_source
 
-    return resolve_source(workspace, "builtin:tiny-mistral", progress=False)
+    with built_once(workspace, "tiny-model"):
+        return resolve_source(workspace, "builtin:tiny-mistral", progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +123,9 @@ def engine_dirs(workspace, tiny_model, profile) -> dict[str, Path]:
     """Engine directories of every variant of the cpu-tiny profile, built by the torch backend."""
     from trtbuild.compile import compile_engine
 
-    return {name: compile_engine(workspace, settings, tiny_model, backend="torch", progress=False).engine_dir
-            for name, settings in profile.variants.items()}
+    with built_once(workspace, "engines"):
+        return {name: compile_engine(workspace, settings, tiny_model, backend="torch", progress=False).engine_dir
+                for name, settings in profile.variants.items()}
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +134,26 @@ def limits(engine_dirs) -> dict:
     from trtbuild.manifest import load_manifest
 
     return load_manifest(engine_dirs["fp16"]).build
+
+
+# Longest files first (durations of a sequential run), so that no long file starts last on one worker while
+# the other idles. An order only: a file missing here runs after these, in collection order.
+LONGEST_FIRST = ["test_haproxy.py", "test_server_features.py", "test_cli_build.py", "test_doctor.py",
+                 "test_server_fuzz.py", "test_lm_eval.py", "test_server.py", "test_validate.py",
+                 "test_fp8_runtime.py", "test_server_limits.py", "test_server_faults.py", "test_report.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """File order for `--dist loadfile --no-loadscope-reorder`: one file that builds the tiny model first
+    (worker 1 trains it), then every file that needs no model (worker 2 runs them meanwhile), then the
+    rest, longest first."""
+    needs_model = {}
+    for item in items:
+        file = item.path.name
+        needs_model[file] = needs_model.get(file, False) or "tiny_model" in item.fixturenames
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    model_files = sorted((f for f, needed in needs_model.items() if needed), key=lambda f: rank.get(f, len(rank)))
+    first = "test_tiny_model.py" if "test_tiny_model.py" in model_files else (model_files or [None])[0]
+    order = {f: i for i, f in enumerate([first, *(f for f, needed in needs_model.items() if not needed),
+                                         *(f for f in model_files if f != first)])}
+    items.sort(key=lambda item: order[item.path.name])  # stable: a file's tests keep their order

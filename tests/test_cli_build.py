@@ -149,12 +149,15 @@ def test_run_builds_what_is_missing(capsys, workspace, engine_dirs, tmp_path):
     """A workspace holding the model but no engines: fetch is skipped, compile runs, then is a cache hit."""
     fresh = Workspace(tmp_path / "ws")
     shutil.copytree(workspace.models_dir, fresh.models_dir)  # copystat keeps the old mtimes
-    code, out, err = trtbuild(capsys, fresh, "run", "--backend", "torch", "--variant", "fp16", "--json")
+    profile = light_cpu_tiny(tmp_path)  # cpu-tiny's engines, a lighter bench: this test is about the stages
+    code, out, err = trtbuild(capsys, fresh, "run", "--profile", profile, "--backend", "torch", "--variant", "fp16",
+                              "--json")
     assert code == 0, err
     stages = {s["stage"]: s for s in json.loads(out)["stages"]}
     assert stages["fetch"]["skipped"] and stages["quantize"]["detail"] == "no FP8 variant selected"
     assert not stages["compile"]["skipped"]
     (engine,) = stages["compile"]["data"]["engines"]
     assert not engine["cache_hit"] and Path(engine["engine_dir"]).name == engine_dirs["fp16"].name
-    code, out, _ = trtbuild(capsys, fresh, "run", "--backend", "torch", "--variant", "fp16", "--json")
+    code, out, _ = trtbuild(capsys, fresh, "run", "--profile", profile, "--backend", "torch", "--variant", "fp16",
+                            "--json")
     assert all(s["skipped"] for s in json.loads(out)["stages"])

@@ -154,8 +154,10 @@ def test_json_schema_and_json_object_always_validate(server, client):
                extra_body={"nvext": {"guided_json": schema}}).choices[0]  # NIM's own field for the same guide
     assert nim.finish_reason == "stop"
     jsonschema.validate(json.loads(nim.message.content), schema)
-    obj = chat(client, server, messages=[{"role": "user", "content": "Hello"}], max_tokens=120,
-               response_format={"type": "json_object"}).choices[0]
+    # json_object bounds no length: an untaught prompt may ramble on in valid JSON until max_tokens on some
+    # CPU's training; the corpus teaches this one to answer in a short object, which any training learns.
+    obj = chat(client, server, messages=[{"role": "user", "content": "What is the capital of Spain? Answer in JSON."}],
+               max_tokens=120, response_format={"type": "json_object"}).choices[0]
     assert obj.finish_reason == "stop" and isinstance(json.loads(obj.message.content), dict)
 
 
