@@ -390,6 +390,16 @@ def test_serve_and_bench_run_on_the_engine(double_module, double_ws, fp16):
             model=fp16.name, messages=ASK_WEATHER, temperature=0, max_tokens=80, tools=[WEATHER],
             tool_choice={"type": "function", "function": {"name": "get_weather"}}).choices[0]
         assert forced.finish_reason == "tool_calls" and forced.message.tool_calls[0].function.name == "get_weather"
+        # echo + stream: the prompt chunk first; its logprobs scored through the engine's context logits
+        echo = dict(model=fp16.name, prompt="The weather today is", echo=True, stream=True, temperature=0)
+        (only,) = list(client.completions.create(logprobs=1, max_tokens=0, **echo))
+        assert only.choices[0].text == "The weather today is" and only.choices[0].finish_reason == "length"
+        lps = only.choices[0].logprobs.token_logprobs
+        assert len(lps) == 5 and lps[0] is None and all(lp < 0 for lp in lps[1:])
+        echoed = [c.choices[0].text for c in client.completions.create(max_tokens=3, **echo)]
+        assert echoed[0] == "The weather today is" and len(echoed) > 1
+        with pytest.raises(openai.BadRequestError, match="gather_generation_logits"):  # generated tokens' logprobs
+            client.completions.create(logprobs=1, max_tokens=3, **echo)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

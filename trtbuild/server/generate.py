@@ -60,13 +60,19 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
                              body.include_usage, body.continuous_usage, prompt_tokens)
     if plan.echo_only and not body.stream:
         return json_response(await plan.response(engine, renderer, prompts, [], prompt_tokens))
-    # a streamed echo's prompt chunks come first (scored before the generation is submitted: a failure is a 4xx/5xx)
-    first = await plan.echo_chunks(engine, renderer, prompts) if plan.echo_stream else ()
     if plan.echo_only:  # streamed: the prompt chunks (finish_reason "length"), usage, [DONE]
+        first = await plan.echo_chunks(engine, renderer, prompts)
         return SSEResponse(sse_events(state, renderer, [], prompt_tokens, body.include_usage, first), cleanup=lambda: None)
     streams = state.submit(engine, jobs, renderer.id, param)
     record = request.scope.get("trtbuild") or AccessRecord(renderer.id)
     if body.stream:
+        first: Sequence[str] = ()
+        if plan.echo_stream:  # the prompt chunks come first: scored (off the loop) while the generation runs,
+            try:              # after submit's cheap checks; a failure is still a plain 4xx/5xx
+                first = await plan.echo_chunks(engine, renderer, prompts)
+            except BaseException:
+                finish(state, streams, prompt_tokens, record)
+                raise
         events = sse_events(state, renderer, streams, prompt_tokens, body.include_usage, first)
         return SSEResponse(events, cleanup=lambda: finish(state, streams, prompt_tokens, record))
     try:
