@@ -227,6 +227,67 @@ def test_logit_bias_and_best_of(server, client):
     # best_of runs the same seeded sequences as n=3 (seeds 11, 12, 13) and keeps the most likely one
     assert len(best) == 1 and best[0].logprobs is None
     assert best[0].text == max(three, key=lambda c: sum(c.logprobs.token_logprobs)).text
-    for kw in (dict(best_of=1, n=2), dict(best_of=3, stream=True), dict(echo=True, stream=True)):
+    for kw in (dict(best_of=1, n=2), dict(best_of=3, stream=True)):
         with pytest.raises(openai.BadRequestError):
             client.completions.create(**{**common, **kw})
+
+
+def streamed_completion(client, **kw) -> tuple[dict[int, dict], list, list]:
+    """Per choice index: text and logprobs lists concatenated over the chunks; the chunks; the usage."""
+    choices: dict[int, dict] = {}
+    chunks, usage = [], []
+    for chunk in client.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
+        chunks.append(chunk)
+        if chunk.usage is not None:
+            usage.append(chunk.usage)
+        for c in chunk.choices:
+            got = choices.setdefault(c.index, {"text": "", "reasons": [], "tokens": [], "token_logprobs": [],
+                                               "top_logprobs": [], "text_offset": [], "first": c.text})
+            got["text"] += c.text
+            if c.finish_reason:
+                got["reasons"].append(c.finish_reason)
+            if c.logprobs is not None:
+                for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                    got[key] += getattr(c.logprobs, key)
+    return choices, chunks, usage
+
+
+def test_echo_streamed_equals_echo_not_streamed(server, client):
+    """echo + stream (vLLM's completion_stream_generator): each choice's prompt first, in its own chunk, with
+    its logprobs (first null); then the generated deltas. Concatenated: the non-streamed text and lists."""
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        ids = http.post("/tokenize", json={"prompt": "Paris is the capital of France"}).json()["tokens"]
+    cases = [dict(prompt="Once upon a time", max_tokens=6, temperature=0),
+             dict(prompt="Once upon a time", max_tokens=5, temperature=1, seed=5, n=2, logprobs=2),
+             dict(prompt=ids, max_tokens=1, logprobs=1, temperature=0),  # lm-eval's request, streamed
+             dict(prompt=["Once upon a time", "Paris is"], max_tokens=3, logprobs=0, temperature=0)]
+    for kw in cases:
+        kw = dict(model=server.model, echo=True, **kw)
+        whole = client.completions.create(**kw)
+        streamed, chunks, usage = streamed_completion(client, **kw)
+        assert sorted(streamed) == [c.index for c in whole.choices], kw
+        assert usage == [whole.usage] and chunks[-1].choices == []  # usage unchanged
+        prompts = ([kw["prompt"]] if isinstance(kw["prompt"], str) else kw["prompt"] if isinstance(kw["prompt"][0], str)
+                   else ["Paris is the capital of France"])
+        for c in whole.choices:
+            got = streamed[c.index]
+            shown = prompts[c.index // kw.get("n", 1)]
+            assert got["first"] == shown  # the prompt is a chunk of its own, before any generated text
+            assert got["text"] == c.text and c.text.startswith(shown), kw
+            assert got["reasons"] == [c.finish_reason]
+            if c.logprobs is None:
+                assert got["tokens"] == []
+                continue
+            assert got["token_logprobs"][0] is None and got["top_logprobs"][0] is None
+            for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                assert got[key] == getattr(c.logprobs, key), (kw, key)
+    # max_tokens 0: only the prompt (with its logprobs), finish_reason "length", no completion tokens
+    only = dict(model=server.model, prompt=ids, echo=True, logprobs=1, max_tokens=0)
+    whole = client.completions.create(**only)
+    streamed, chunks, usage = streamed_completion(client, **only)
+    (got,) = streamed.values()
+    assert got["text"] == whole.choices[0].text == "Paris is the capital of France"
+    assert got["reasons"] == ["length"] and usage[0].completion_tokens == 0 and usage == [whole.usage]
+    assert got["tokens"] == whole.choices[0].logprobs.tokens and len(got["tokens"]) == len(ids)
+    assert got["token_logprobs"] == whole.choices[0].logprobs.token_logprobs
+    assert len(chunks) == 2  # the prompt chunk, the usage chunk

@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from trtbuild.server import ServerSettings, create_app
 
 MODEL = "fuzz"
-CASES = {"chat": 250, "completions": 150, "raw": 100}
+CASES = {"chat": 250, "completions": 150, "echo_stream": 60, "raw": 100}
 RUN = {"cases": 0, "statuses": {}}
 
 pytestmark = pytest.mark.slow
@@ -222,6 +222,43 @@ def test_fuzz_completions(client):
         post(client, "/v1/completions", body)
 
     run()
+
+
+@st.composite
+def echo_stream_body(draw):
+    """A completions body with echo and stream on (max_tokens 0 too: the prompt only), valid or broken."""
+    body = draw(completion_body)
+    if isinstance(body, dict):
+        body.update(echo=True, stream=True)
+        if draw(st.booleans()):
+            body["max_tokens"] = 0
+    return body
+
+
+def test_fuzz_echo_with_stream(client):
+    """echo + stream: no 5xx; a 200 stream sends every choice's prompt first (its chunk before any other of
+    that index), one finish_reason per choice, [DONE] once."""
+    ok = []
+
+    @fuzz(CASES["echo_stream"])
+    @given(echo_stream_body())
+    def run(body):
+        response = client.post("/v1/completions", content=json.dumps(body), headers={"Content-Type": "application/json"})
+        check(response, body)
+        if response.status_code == 200:
+            chunks = [c for c in sse_data(response.text)[:-1] if c["choices"]]
+            seen: dict[int, dict] = {}
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                seen.setdefault(choice["index"], choice)
+            assert sorted(seen) == list(range(len(seen))) and seen
+            for first in seen.values():  # the prompt chunk: logprobs list the prompt, the first entry null
+                if first["logprobs"] is not None:
+                    assert first["logprobs"]["token_logprobs"][0] is None
+            ok.append(body.get("max_tokens"))
+
+    run()
+    assert len(ok) >= 10 and 0 in ok  # enough valid echo streams ran, max_tokens 0 among them
 
 
 def test_fuzz_raw_bodies_and_other_routes(client):

@@ -279,6 +279,83 @@ def test_validate_unscoreable_engine_is_not_validated(double_module, double_ws, 
 
 # --- serve and bench --------------------------------------------------------------------------------------
 
+# --- guided decoding (issue 14): structured output and forced tool calls on the TensorRT-LLM runtime ---------
+CAPITAL = {"type": "object", "additionalProperties": False, "required": ["city", "country"],
+           "properties": {"city": {"type": "string", "maxLength": 20}, "country": {"type": "string", "maxLength": 20}}}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
+ASK_JSON = [{"role": "user", "content": "What is the capital of Japan? Answer in JSON."}]
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_build_writes_the_hf_tokenizer_xgrammar_reads(double_engines, tokenizer):
+    """The embedded model ships only a SentencePiece file; TensorRT-LLM's _xgrammar_tokenizer_info needs a
+    PreTrainedTokenizerFast (tokenizer.py@89fd9b74): trtbuild.hf_tokenizer converts one into the engine dir,
+    with the SentencePiece ids, hashed in the manifest like every engine file."""
+    from tensorrt_llm.llmapi.tokenizer import _xgrammar_tokenizer_info, tokenizer_factory
+
+    for result in double_engines.values():
+        assert {"engine/tokenizer.json", "engine/tokenizer_config.json"} <= set(result.manifest.artifacts)
+        info = _xgrammar_tokenizer_info(tokenizer_factory(str(result.engine_dir / "engine")))
+        assert info["stop_token_ids"] == [tokenizer.eos_id] and len(info["encoded_vocab"]) == tokenizer.vocab_size
+        assert all(info["encoded_vocab"][i] == tokenizer.id_to_piece(i) for i in (0, 1, 3, 5, 300, 23325, 32767))
+
+
+def test_runtime_guided_requests_follow_the_guide_without_tensorrt_llm_decoding(double_module, fp16, tokenizer):
+    """The LLM is created with the engine dir's tokenizer and guided_decoding_backend='xgrammar'
+    (llm_kwargs); guides become GuidedDecodingParams (runtime.guided), logit_bias embedding_bias; and
+    TensorRT-LLM decodes nothing (detokenize=False): no per-token cost from loading its tokenizer."""
+    import jsonschema
+    from tensorrt_llm.executor import EVENTS
+
+    from trtbuild.server.tools import parse_calls
+
+    EVENTS.clear()
+    calls = {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+        "type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+        "properties": {"name": {"const": "get_weather"}, "arguments": WEATHER["function"]["parameters"]}}}
+    with load_engine(fp16) as engine:
+        args = engine.llm.args
+        assert (args["skip_tokenizer_init"], args["guided_decoding_backend"]) == (False, "xgrammar")
+        assert args["tokenizer"] == str(fp16 / "engine") and len(events("guided_decoding_config")) == 1
+        schema = engine.submit(tokenizer.encode_chat(ASK_JSON), SamplingParams(
+            max_tokens=80, temperature=0, guided={"type": "json_schema", "schema": CAPITAL})).result(60)
+        assert schema.finish_reason == "stop", schema.text
+        jsonschema.validate(json.loads(schema.text), CAPITAL)
+        obj = engine.submit(tokenizer.encode_chat(ASK_JSON), SamplingParams(
+            max_tokens=80, temperature=0, guided={"type": "json_object"})).result(60)
+        assert obj.finish_reason == "stop" and isinstance(json.loads(obj.text), dict)
+        forced = engine.submit(tokenizer.encode_chat(ASK_WEATHER, [WEATHER]), SamplingParams(
+            max_tokens=80, temperature=0, guided={"type": "tool_calls", "schema": calls})).result(60)
+        (call,) = parse_calls(forced.text)  # a bare calls array: what a forced tool_choice parses
+        assert call["function"]["name"] == "get_weather"
+        assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+        dog = tokenizer.encode("dog", bos=False)[-1]
+        biased = engine.submit(tokenizer.encode("Once upon a time"), SamplingParams(
+            max_tokens=3, temperature=0, logit_bias={dog: 100.0})).result(60)
+        assert biased.token_ids == [dog] * 3
+    assert len(events("guided")) == 3 and events("detokenize") == []
+
+
+def test_runtime_without_hf_tokenizer_refuses_guided_requests(double_module, fp16, monkeypatch):
+    """An engine dir without tokenizer.json (built before trtbuild wrote one): skip_tokenizer_init as before,
+    a one-line ValueError (the server's 400) for guided requests, plain ones unaffected. And what it avoids:
+    TensorRT-LLM's xgrammar without a tokenizer, or another backend, fails at load."""
+    from tensorrt_llm._tensorrt_engine import LLM
+
+    monkeypatch.setattr("trtbuild.runtime.trtllm_runtime.has_hf_tokenizer", lambda directory: False)
+    with load_engine(fp16) as engine:
+        assert engine.llm.args["skip_tokenizer_init"] is True and "guided_decoding_backend" not in engine.llm.args
+        with pytest.raises(ValueError, match="tokenizer.json") as err:
+            engine.submit([1, 5], SamplingParams(max_tokens=2, guided={"type": "json_object"}))
+        assert "\n" not in str(err.value) and fp16.name in str(err.value)
+        assert engine.submit([1, 5], SamplingParams(max_tokens=2, temperature=0)).result(30).finish_reason == "length"
+    with pytest.raises(AttributeError):  # _xgrammar_tokenizer_info(None): skip_tokenizer_init left no tokenizer
+        LLM(model=str(fp16 / "engine"), skip_tokenizer_init=True, guided_decoding_backend="xgrammar")
+    with pytest.raises(ValueError, match="Unsupported guided decoding backend llguidance"):
+        LLM(model=str(fp16 / "engine"), tokenizer=str(fp16 / "engine"), guided_decoding_backend="llguidance")
+
+
 def test_serve_and_bench_run_on_the_engine(double_module, double_ws, fp16):
     import openai
     import uvicorn
@@ -304,6 +381,25 @@ def test_serve_and_bench_run_on_the_engine(double_module, double_ws, fp16):
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == "Paris is the capital of France."
         assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+        # structured output and a forced tool call, through TensorRT-LLM's guided decoding (issue 14)
+        reply = client.chat.completions.create(
+            model=fp16.name, messages=ASK_JSON, temperature=0, max_tokens=80,
+            response_format={"type": "json_schema", "json_schema": {"name": "capital", "schema": CAPITAL}}).choices[0]
+        assert reply.finish_reason == "stop" and set(json.loads(reply.message.content)) == {"city", "country"}
+        forced = client.chat.completions.create(
+            model=fp16.name, messages=ASK_WEATHER, temperature=0, max_tokens=80, tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}}).choices[0]
+        assert forced.finish_reason == "tool_calls" and forced.message.tool_calls[0].function.name == "get_weather"
+        # echo + stream: the prompt chunk first; its logprobs scored through the engine's context logits
+        echo = dict(model=fp16.name, prompt="The weather today is", echo=True, stream=True, temperature=0)
+        (only,) = list(client.completions.create(logprobs=1, max_tokens=0, **echo))
+        assert only.choices[0].text == "The weather today is" and only.choices[0].finish_reason == "length"
+        lps = only.choices[0].logprobs.token_logprobs
+        assert len(lps) == 5 and lps[0] is None and all(lp < 0 for lp in lps[1:])
+        echoed = [c.choices[0].text for c in client.completions.create(max_tokens=3, **echo)]
+        assert echoed[0] == "The weather today is" and len(echoed) > 1
+        with pytest.raises(openai.BadRequestError, match="gather_generation_logits"):  # generated tokens' logprobs
+            client.completions.create(logprobs=1, max_tokens=3, **echo)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

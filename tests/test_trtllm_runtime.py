@@ -15,8 +15,8 @@ import pytest
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest
 from trtbuild.runtime import SamplingParams, load_engine
-from trtbuild.runtime.trtllm_runtime import (abort_if_running, context_logprobs, llm_kwargs, scoring_sampling_params,
-                                             to_trtllm_sampling_params, token_logprob)
+from trtbuild.runtime.trtllm_runtime import (abort_if_running, context_logprobs, guided_decoding_unavailable, llm_kwargs,
+                                             scoring_sampling_params, to_trtllm_sampling_params, token_logprob)
 
 API = json.loads((Path(__file__).parent / "fixtures" / "trtllm_1_2_api.json").read_text())["sections"]
 EOS = 2
@@ -68,6 +68,26 @@ def test_llm_and_kv_cache_kwargs_use_only_1_2_names(tmp_path):
     assert set(llm) <= fields("TrtLlmArgs") and set(kv) <= fields("KvCacheConfig")
     assert llm["model"] == str(tmp_path / "engine") and llm["gather_generation_logits"] is True
     assert kv == {"free_gpu_memory_fraction": 0.8}
+
+
+def test_llm_kwargs_enable_xgrammar_with_the_engines_hf_tokenizer(tmp_path):
+    """Guided decoding as TensorRT-LLM 1.2's TensorRT backend does it (fixture TrtLlmArgs.guided_decoding:
+    llm.py@4c05a748 _TrtLLM._build_model, llm_args.py index id 1090804222, tokenizer.py@89fd9b74): backend
+    "xgrammar" (the only one _TrtLLM accepts), a tokenizer loaded from the engine dir (tokenizer.json: a
+    PreTrainedTokenizerFast), so skip_tokenizer_init must be False (True leaves tokenizer None)."""
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    without, _ = llm_kwargs(engine, {}, 0.8)
+    assert without["skip_tokenizer_init"] is True and "guided_decoding_backend" not in without and "tokenizer" not in without
+    reason = guided_decoding_unavailable(without, "fp16-x")
+    assert "tokenizer.json" in reason and "fp16-x" in reason and "\n" not in reason
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (engine / name).write_text("{}")
+    llm, _ = llm_kwargs(engine, {}, 0.8)
+    assert (llm["skip_tokenizer_init"], llm["tokenizer"], llm["guided_decoding_backend"]) == (False, str(engine), "xgrammar")
+    assert set(llm) <= fields("TrtLlmArgs") and set(llm) <= set(API["TrtLlmArgs"]["used_by_trtbuild"])
+    assert "xgrammar" in API["TrtLlmArgs"]["guided_decoding"]["trt_backend"]
+    assert guided_decoding_unavailable(llm, "fp16-x") is None
 
 
 def test_token_logprob_reads_both_formats():

@@ -192,6 +192,10 @@ def _build_trtllm(ws, settings, source, tmp: Path, name: str, progress: bool) ->
                                          log_path=ws.tmp_dir / f"{name}.build.log",
                                          work_dir=trtllm_work_dir(ws, name))
     copy_tokenizer(source.path, tmp / "engine")
+    # TensorRT-LLM's guided decoding (xgrammar) reads a Hugging Face tokenizer.json (trtbuild.hf_tokenizer)
+    from trtbuild.hf_tokenizer import write_hf_tokenizer
+
+    write_hf_tokenizer(tmp / "engine")
     return {**calib_config(settings), "dataset": record} if settings.is_fp8 else None
 
 

@@ -15,7 +15,11 @@ On the TensorRT-LLM runtime the same guide maps to TensorRT-LLM 1.2's own guided
 (`to_trtllm_guided_decoding`): `SamplingParams(guided_decoding=GuidedDecodingParams(json=... |
 json_object=True))`, enforced by xgrammar inside the engine; the TensorRT backend (`_TrtLLM`) supports
 only `guided_decoding_backend="xgrammar"` (tensorrt_llm/llmapi/llm.py@4c05a748, `_TrtLLM._build_model`,
-which builds xgrammar's tokenizer info from the LLM's tokenizer, so the LLM must load one).
+which builds xgrammar's tokenizer info from the LLM's tokenizer, so the LLM must load one: trtllm_runtime.
+llm_kwargs passes the engine dir's Hugging Face tokenizer.json, which trtbuild.hf_tokenizer writes when the
+source has none). A forced tool call is the JSON schema of the calls array: Mistral's [TOOL_CALLS] control
+token cannot be part of an xgrammar JSON schema, and the tool parser reads a bare array when tool_choice
+forced a call (as vLLM does).
 
 Mistral's SentencePiece tokenizer starts a reply with a "▁"-prefixed piece ("▁{"), so every grammar here
 allows one leading space before the JSON value; the text we return drops it (as Mistral's decode does).

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Sequence
 
 from trtbuild.errors import TrtbuildError
+from trtbuild.hf_tokenizer import has_hf_tokenizer
 from trtbuild.manifest import Manifest, verify_engine
-from trtbuild.runtime.guided import trtllm_guided_sampling
+from trtbuild.runtime.guided import TRTLLM_GUIDED_DECODING_BACKEND, trtllm_guided_sampling
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
                                         SamplingParams)
 from trtbuild.tokenizer import Tokenizer
@@ -121,15 +122,49 @@ def abort_if_running(output) -> bool:
 
 def llm_kwargs(engine_dir: Path, build: dict,
                free_gpu_memory_fraction: float = DEFAULT_FREE_GPU_MEMORY_FRACTION) -> tuple[dict, dict]:
-    """(LLM keyword arguments, KvCacheConfig keyword arguments) to load a saved engine directory."""
-    llm = {
+    """(LLM keyword arguments, KvCacheConfig keyword arguments) to load a saved engine directory.
+
+    Token ids in, token ids out: our tokenizer (mistral-common) is the one source of ids and text. Guided
+    decoding (structured output, forced tool calls) is what needs TensorRT-LLM to load a tokenizer of its
+    own, as TensorRT-LLM 1.2 does it:
+    - `_TrtLLM._build_model` (tensorrt_llm/llmapi/llm.py@4c05a74891e4df8066f08ed4ce14b0972abe4e25) makes the
+      executor's `GuidedDecodingConfig(backend=XGRAMMAR, **_xgrammar_tokenizer_info(self.tokenizer))` when
+      `guided_decoding_backend == "xgrammar"`, and raises "Unsupported guided decoding backend" for any
+      other value: "llguidance is supported in PyTorch backend only" (llm_args.py, index id 1090804222).
+    - `skip_tokenizer_init=True` leaves no tokenizer at all: `BaseLlmArgs.validate_and_init_tokenizer` sets
+      it to None (llm_args.py, index id 1090804222) and `BaseLLM._try_load_tokenizer` returns None first
+      (llm.py@4c05a748), so xgrammar's tokenizer info cannot be built. With skip_tokenizer_init=False and
+      `tokenizer=<dir>`, `tokenizer_factory` loads a TransformersTokenizer from the directory
+      (llmapi/tokenizer.py@89fd9b74ab7ae753b4c6b3db25a400dca7ea54a0); `_xgrammar_tokenizer_info` needs it
+      to be a PreTrainedTokenizerFast (tokenizer.json): trtbuild.hf_tokenizer writes one into TensorRT-LLM
+      engine dirs whose source has none.
+    - Loading the tokenizer changes nothing per token: we send `prompt_token_ids` (never tokenized again),
+      set end_id (so `_prepare_sampling_params` skips `SamplingParams._setup`, the only other tokenizer
+      use), pass no stop strings, and detokenize=False, so `DetokenizedGenerationResultBase._handle_response`
+      (executor/result.py, index id 1063746606) decodes nothing: text is still ours, decoded once.
+    An engine dir without tokenizer.json (built before trtbuild wrote one) keeps skip_tokenizer_init=True
+    and no guided backend: guided requests then get guided_decoding_unavailable()'s 400.
+    """
+    llm: dict = {
         "model": str(engine_dir),
-        # Token ids in, token ids out: our tokenizer (mistral-common) is the one source of ids.
-        "skip_tokenizer_init": True,
         # Logprobs on the TensorRT backend are computed from generation logits, which must be gathered.
         "gather_generation_logits": bool(build.get("gather_generation_logits", False)),
     }
+    if has_hf_tokenizer(engine_dir):
+        llm.update(skip_tokenizer_init=False, tokenizer=str(engine_dir),
+                   guided_decoding_backend=TRTLLM_GUIDED_DECODING_BACKEND)
+    else:
+        llm["skip_tokenizer_init"] = True
     return llm, {"free_gpu_memory_fraction": free_gpu_memory_fraction}
+
+
+def guided_decoding_unavailable(kwargs: dict, name: str) -> str | None:
+    """Why an LLM loaded with `kwargs` cannot run guided requests (one line, for a 400), or None."""
+    if kwargs.get("guided_decoding_backend") == TRTLLM_GUIDED_DECODING_BACKEND and kwargs.get("tokenizer"):
+        return None
+    return (f"structured output and forced tool calls need TensorRT-LLM's xgrammar guided decoding, which "
+            f"reads a Hugging Face tokenizer.json that engine {name} does not have; rebuild it with "
+            "`trtbuild compile --force` (trtbuild.hf_tokenizer)")
 
 
 def token_logprob(entry, token_id: int) -> tuple[float | None, list[tuple[int, float]] | None]:
@@ -166,6 +201,7 @@ class TrtllmEngine(Engine):
         self.llm = LLM(**kwargs, kv_cache_config=KvCacheConfig(**kv_kwargs))
         self.tokenizer = Tokenizer.from_model_dir(trt_dir)
         self._gathers_logits = kwargs["gather_generation_logits"]
+        self._guided_note = guided_decoding_unavailable(kwargs, self.engine_dir.name)
         self.info = EngineInfo(
             name=self.engine_dir.name, variant=manifest.variant, backend="tensorrt-llm",
             model_id=str(manifest.source.get("model_id", "")), max_seq_len=int(build["max_seq_len"]),
@@ -187,9 +223,8 @@ class TrtllmEngine(Engine):
         if (params.logprobs or params.top_logprobs) and not self._gathers_logits:
             raise ValueError(f"logprobs need an engine built with gather_generation_logits = true; "
                              f"{self.info.name} was not")
-        if params.guided is not None and getattr(self.llm.args, "guided_decoding_backend", None) is None:
-            raise ValueError(f"structured output needs an LLM loaded with guided_decoding_backend='xgrammar'; "
-                             f"{self.info.name} was not (trtbuild.runtime.guided)")
+        if params.guided is not None and self._guided_note:  # a 400 (server.state.submit)
+            raise ValueError(self._guided_note)
         stream = self.new_stream(prompt_ids, params, request_id, on_cancel=self._cancel)
         room = self.info.max_seq_len - len(stream.prompt_token_ids)
         sampling = self._SamplingParams(**to_trtllm_sampling_params(params, self.tokenizer.eos_id, room),

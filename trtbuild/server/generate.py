@@ -41,7 +41,7 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
     body.check()
     chat = isinstance(body, ChatCompletionRequest)
     param = "messages" if chat else "prompt"
-    plan = RequestPlan(body, engine.info.vocab_size)  # tools, response_format, logit_bias, echo, best_of
+    plan = RequestPlan(body, engine.info.vocab_size, engine.info)  # tools, response_format, logit_bias, echo, best_of
     n = plan.sequences
     sequences = n if chat else n * len(body.prompts())
     if sequences > state.capacity:
@@ -58,12 +58,22 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
     prompt_tokens = sum(len(p) for p in prompts)
     renderer = plan.renderer(chat, state.model_name, state.token_texts, body.logprob_settings()[0],
                              body.include_usage, body.continuous_usage, prompt_tokens)
-    if plan.echo_only:
+    if plan.echo_only and not body.stream:
         return json_response(await plan.response(engine, renderer, prompts, [], prompt_tokens))
+    if plan.echo_only:  # streamed: the prompt chunks (finish_reason "length"), usage, [DONE]
+        first = await plan.echo_chunks(engine, renderer, prompts)
+        return SSEResponse(sse_events(state, renderer, [], prompt_tokens, body.include_usage, first), cleanup=lambda: None)
     streams = state.submit(engine, jobs, renderer.id, param)
     record = request.scope.get("trtbuild") or AccessRecord(renderer.id)
     if body.stream:
-        events = sse_events(state, renderer, streams, prompt_tokens, body.include_usage)
+        first: Sequence[str] = ()
+        if plan.echo_stream:  # the prompt chunks come first: scored (off the loop) while the generation runs,
+            try:              # after submit's cheap checks; a failure is still a plain 4xx/5xx
+                first = await plan.echo_chunks(engine, renderer, prompts)
+            except BaseException:
+                finish(state, streams, prompt_tokens, record)
+                raise
+        events = sse_events(state, renderer, streams, prompt_tokens, body.include_usage, first)
         return SSEResponse(events, cleanup=lambda: finish(state, streams, prompt_tokens, record))
     try:
         results = await results_or_disconnect(request, streams)
@@ -178,11 +188,14 @@ class SSEResponse(StreamingResponse):
 
 
 async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[RequestStream], prompt_tokens: int,
-                     include_usage: bool) -> AsyncIterator[str]:
-    """The SSE body: role chunks (chat), one chunk per batch of events per choice, usage, [DONE]."""
+                     include_usage: bool, first: Sequence[str] = ()) -> AsyncIterator[str]:
+    """The SSE body: role chunks (chat) or `first` (a streamed echo's prompts), one chunk per batch of events
+    per choice, usage, [DONE]."""
     if renderer.chat:
         for index in range(len(streams)):
             yield renderer.role_chunk(index)
+    for chunk in first:
+        yield chunk
     failed = None
     single = len(streams) == 1  # the common case: no merging task and queue hop per chunk
     source = streams[0].aiter_batches() if single else merged_batches(streams)

@@ -6,6 +6,7 @@ builds the renderer it picks, and hands it the results to finish the response.
 
 best_of (completions), as vLLM does it: run best_of sequences per prompt and return the n with the
 highest cumulative logprob; not with stream unless best_of == n (OpenAI's rule too).
+echo with stream: echo_chunks() are the first SSE chunks (server.echo).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from trtbuild.runtime.interface import Engine, GenerationResult, RequestStream, SamplingParams
-from trtbuild.server.echo import echo_choice, prompt_logprobs
+from trtbuild.runtime.interface import Engine, EngineInfo, GenerationResult, RequestStream, SamplingParams
+from trtbuild.server.echo import EchoRenderer, check_can_score, echo_choice, echoed_prompts
 from trtbuild.server.errors import bad_request
 from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from trtbuild.server.render import Renderer
@@ -23,7 +24,7 @@ from trtbuild.server.tools import ToolPlan, ToolRenderer
 
 
 class RequestPlan:
-    def __init__(self, body: GenerationRequest, vocab_size: int):
+    def __init__(self, body: GenerationRequest, vocab_size: int, info: EngineInfo | None = None):
         self.body = body
         self.n = body.n or 1
         self.sequences = self.n  # per prompt
@@ -58,8 +59,8 @@ class RequestPlan:
                 if body.stream and body.best_of != self.n:
                     raise bad_request("best_of must equal n when streaming.", param="best_of")
                 self.sequences = body.best_of
-            if self.echo and body.stream:
-                raise bad_request("echo is not supported with stream; send stream false.", param="echo")
+            if self.echo and body.logprob_settings()[0] and info is not None:
+                check_can_score(info)  # before anything runs, not after the generation
 
     @property
     def echo_only(self) -> bool:
@@ -73,10 +74,25 @@ class RequestPlan:
             params.logprobs = True  # best_of ranks by cumulative logprob
         return params
 
+    @property
+    def echo_stream(self) -> bool:
+        return self.echo and bool(self.body.stream)
+
     def renderer(self, *args) -> Renderer:
         if self.tools is not None and self.tools.active:
             return ToolRenderer(self.tools, *args)
+        if self.echo_stream:
+            renderer = EchoRenderer(*args)
+            renderer.top = self.body.logprob_settings()[1]
+            return renderer
         return Renderer(*args)
+
+    async def echo_chunks(self, engine: Engine, renderer: Renderer, prompts: Sequence[list[int]]) -> list[str]:
+        """A streamed echo's first chunks: each choice's prompt (scored off the event loop when logprobs
+        are asked for), sent before any generated delta."""
+        assert isinstance(renderer, EchoRenderer)
+        echoed = await echoed_prompts(engine, self.body, prompts)
+        return renderer.prompt_chunks(echoed, self.n, self.echo_only)
 
     async def response(self, engine: Engine, renderer: Renderer, prompts: Sequence[list[int]],
                        results: Sequence[GenerationResult], prompt_tokens: int,
@@ -91,14 +107,10 @@ class RequestPlan:
                        for p in prompts for _ in range(self.n)]
         body = renderer.response(results, prompt_tokens, streams)
         if self.echo:
-            wants, top = self.body.logprob_settings()
-            texts = self.body.prompts()
-            for p, prompt in enumerate(prompts):
-                scored = await prompt_logprobs(engine, prompt, top) if wants else None
-                shown = texts[p] if isinstance(texts[p], str) else engine.tokenizer.decode(prompt)
+            top = self.body.logprob_settings()[1]
+            for p, echoed in enumerate(await echoed_prompts(engine, self.body, prompts)):
                 for c in range(p * self.n, (p + 1) * self.n):
-                    echo_choice(body["choices"][c], renderer.texts, shown, prompt, scored,
-                                None if self.echo_only else results[c], top)
+                    echo_choice(body["choices"][c], renderer.texts, echoed, None if self.echo_only else results[c], top)
         return body
 
 

@@ -14,6 +14,8 @@ Mirrored behaviour:
   executor is gone. The worker's abort_request (executor/base_worker.py, index ids 51807206653, 2646354960)
   logs "Request of client_id {id} is finished, cannot abort it." for a request no longer in flight:
   recorded in EVENTS as ("abort_finished", id) so tests can count them.
+- Guided decoding (see llmapi/llm.py): the worker masks a guided request's logits with llguidance over the
+  LLM's Hugging Face tokenizer and feeds it each sampled token.
 - The worker steps every request in flight in turn (in-flight batching, one token per request per step)
   on a transformers Mistral model on CPU. Penalties and beam search are not modelled. Unlike the real
   executor (which loads the engine when it starts), the double loads its model on the first request, so a
@@ -78,8 +80,9 @@ class Response:
 
 
 class RequestOutput:
-    def __init__(self, request_id: int, prompt_token_ids: list, sampling_params, executor):
+    def __init__(self, request_id: int, prompt_token_ids: list, sampling_params, executor, tokenizer=None):
         self.request_id, self.prompt_token_ids, self.sampling_params = request_id, list(prompt_token_ids), sampling_params
+        self.tokenizer = tokenizer
         self.outputs = [CompletionOutput(0)]
         self.context_logits = None
         self._done = self._aborted = False
@@ -108,6 +111,9 @@ class RequestOutput:
         self._done = r.final
         if r.final:
             out.finish_reason, out.stop_reason = r.finish_reason, r.stop_reason
+        if self.sampling_params.detokenize and self.tokenizer is not None:  # DetokenizedGenerationResultBase
+            out.text = self.tokenizer.decode(out.token_ids)
+            EVENTS.append(("detokenize", self.request_id))
 
     @property
     def finished(self) -> bool:
@@ -145,13 +151,16 @@ class _Request:
         self.output, self.end_id, self.cache, self.generated = output, end_id, None, 0
         self.cancelled = False
         self.generator = None  # made on the worker thread (torch is imported there)
+        self.matcher = None  # the guide's grammar matcher (llguidance), made on the worker thread
 
 
 class Worker:
     """Runs requests in flight on `model` (a transformers causal LM) in one thread."""
 
-    def __init__(self, load_model, gather_context_logits: bool):
+    def __init__(self, load_model, gather_context_logits: bool, guided=None):
         self._load_model, self.model, self.gather_context_logits = load_model, None, gather_context_logits
+        self.guided = guided  # (Hugging Face tokenizer, stop token ids): the GuidedDecodingConfig, or None
+        self._llg_tokenizer = None
         self._active: dict[int, _Request] = {}
         self._cv = threading.Condition()
         self._stopped = False
@@ -225,7 +234,13 @@ class Worker:
         logits = out.logits[0, -1].float()
         if r.generated < (sp.min_tokens or 0) and r.end_id >= 0:
             logits[r.end_id] = -float("inf")
+        if sp.embedding_bias is not None:  # [vocab_size] float32, added to the logits
+            logits += sp.embedding_bias.to(logits.dtype)
+        if sp.guided_decoding is not None:
+            self._mask(r, logits)
         token = self._sample(logits, sp, r.generator)
+        if r.matcher is not None:
+            r.matcher.consume_token(token)
         r.generated += 1
         r.last = token
         logprobs = _top_logprobs(logits, sp.logprobs, token) if sp.logprobs else None
@@ -236,6 +251,39 @@ class Worker:
             return Response(kept, logprobs if kept else (None if logprobs is None else []), True, "stop", token, context)
         final = r.generated >= sp.max_tokens
         return Response([token], logprobs, final, "length" if final else None, None, context)
+
+    def _mask(self, r: _Request, logits) -> None:
+        """Only the tokens the guide allows next (the stop token once it is complete)."""
+        import json
+
+        import llguidance
+        import llguidance.hf
+        import numpy as np
+
+        if r.matcher is None:
+            if self._llg_tokenizer is None:
+                tokenizer, stop_ids = self.guided
+                self._llg_tokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=stop_ids[0])
+            guide = r.output.sampling_params.guided_decoding
+            compact = {"whitespace_pattern": "[ ]?"}
+            if guide.json is not None:
+                schema = guide.json if isinstance(guide.json, str) else json.dumps(guide.json)
+                grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=compact)
+            elif guide.json_object:
+                grammar = llguidance.LLMatcher.grammar_from_json_schema('{"type": "object"}', defaults=compact)
+            elif guide.regex is not None:
+                grammar = llguidance.LLMatcher.grammar_from_regex(guide.regex)
+            else:
+                raise NotImplementedError("(test double) EBNF grammars and structural tags are not modelled")
+            r.matcher = llguidance.LLMatcher(self._llg_tokenizer, grammar)
+            EVENTS.append(("guided", r.output.request_id))
+        bits = np.unpackbits(np.frombuffer(r.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        allowed = bits[: logits.numel()].astype(bool)
+        import torch
+
+        mask = torch.zeros(logits.numel(), dtype=torch.bool)
+        mask[: len(allowed)] = torch.from_numpy(allowed)
+        logits.masked_fill_(~mask, float("-inf"))
 
     @staticmethod
     def _sample(logits, sp, generator) -> int:

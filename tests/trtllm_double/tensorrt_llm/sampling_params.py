@@ -40,3 +40,20 @@ def greedy(self) -> bool:
 SamplingParams = dataclasses.make_dataclass(
     "SamplingParams", [(name, object, dataclasses.field(default=DEFAULTS.get(name))) for name in _NAMES],
     namespace={"__post_init__": _post_init, "params_imply_greedy_decoding": greedy}, slots=True, kw_only=True)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class GuidedDecodingParams:
+    """GuidedDecodingParams (same file and commit): one guide of json (a schema: str, dict or pydantic model),
+    regex, grammar (EBNF), json_object, structural_tag; _validate() raises for more than one."""
+
+    json: object = None
+    regex: object = None
+    grammar: object = None
+    json_object: bool = False
+    structural_tag: object = None
+
+    def _validate(self) -> None:
+        count = sum(bool(getattr(self, f.name)) for f in dataclasses.fields(self))
+        if count > 1:
+            raise ValueError(f"Only one guide can be used for a request, but got {count}.")

@@ -9,6 +9,20 @@ class _TrtLLM(BaseLLM)). Mirrored behaviour:
   the engine's build_config replaces the argument's); and ALWAYS starts the executor afterwards (1.2 has no
   build-only mode), with the KvCacheConfig given (default free_gpu_memory_fraction 0.9).
 - save(dir): shutil.copytree of the engine dir; shutdown(): executor, then MPI session; idempotent.
+- the tokenizer (BaseLlmArgs.validate_and_init_tokenizer, llm_args.py index id 1090804222, and
+  BaseLLM._try_load_tokenizer): skip_tokenizer_init=True -> None whatever `tokenizer` says; else
+  tokenizer_factory(tokenizer), or load_hf_tokenizer(model) when none was given (a warning and None on failure).
+- guided decoding (`_TrtLLM._build_model`): guided_decoding_backend "xgrammar" -> the executor gets
+  `_xgrammar_tokenizer_info(self.tokenizer)` (fails without a fast tokenizer), any other non-None value ->
+  ValueError("Unsupported guided decoding backend ..."); TrtLlmArgs itself accepts only "xgrammar",
+  "llguidance" or None. A request with guided_decoding on an executor without that config is refused
+  (a ValueError here; the C++ executor's own message was not read). The double enforces the guide with
+  llguidance over the same Hugging Face tokenizer (TensorRT-LLM uses xgrammar; what is modelled is
+  "the output follows the guide"); JSON whitespace is compact or one space (xgrammar's setting in the C++
+  decoder was not read).
+- RequestOutput carries self.tokenizer (RequestOutput._from_generation_result); with detokenize=True it
+  decodes after every response (DetokenizedGenerationResultBase._handle_response, executor/result.py
+  index id 1063746606), recorded in EVENTS as ("detokenize", id) so tests can see that nothing decodes.
 - generate_async: "LLM is shutting down" after shutdown; _prepare_sampling_params (end_id required without a
   tokenizer; prompt_logprobs switches return_context_logits on); _check_arguments (prompt + max_tokens <=
   the engine's max_seq_len; prompt_logprobs needs gather_context_logits; logprobs needs the LLM's
@@ -29,6 +43,7 @@ from pathlib import Path
 from tensorrt_llm.builder import BuildConfig, apply_build_rules, save_engine
 from tensorrt_llm.executor import EVENTS, RequestOutput, Worker
 from tensorrt_llm.llmapi.llm_args import TRT_LLM_ARGS, KvCacheConfig
+from tensorrt_llm.llmapi.tokenizer import _xgrammar_tokenizer_info, load_hf_tokenizer, tokenizer_factory
 from tensorrt_llm.sampling_params import SamplingParams
 
 logger = logging.getLogger("tensorrt_llm")
@@ -42,7 +57,12 @@ class _TrtLLM:
             if key not in TRT_LLM_ARGS:
                 raise ValueError(f"{type(self).__name__} got invalid argument: {key}")
         self.args = dict(kwargs, model=str(model), skip_tokenizer_init=skip_tokenizer_init,
-                         tensor_parallel_size=tensor_parallel_size, dtype=dtype)
+                         tensor_parallel_size=tensor_parallel_size, dtype=dtype, tokenizer=tokenizer)
+        backend = kwargs.get("guided_decoding_backend")
+        if backend not in ("xgrammar", "llguidance", None):  # Optional[Literal["xgrammar", "llguidance"]]
+            raise ValueError(f"guided_decoding_backend: Input should be 'xgrammar' or 'llguidance', got {backend!r}")
+        # validate_and_init_tokenizer
+        self.tokenizer = None if skip_tokenizer_init else tokenizer_factory(tokenizer)
         if tensor_parallel_size != 1:
             raise RuntimeError(f"Only 0 GPUs are available, but {tensor_parallel_size} are required.")
         kv = kwargs.get("kv_cache_config") or KvCacheConfig()
@@ -61,11 +81,21 @@ class _TrtLLM:
         config = json.loads((self._engine_dir / "config.json").read_text())
         self.args["build_config"] = BuildConfig(**config["build_config"])  # "build_config is ignored for TLLM_ENGINE"
         self._max_seq_len = config["build_config"]["max_seq_len"]
+        if not skip_tokenizer_init and self.tokenizer is None:  # _try_load_tokenizer: from the engine dir
+            self.tokenizer = load_hf_tokenizer(str(self._engine_dir))
+        guided = None
+        if backend == "xgrammar":
+            info = _xgrammar_tokenizer_info(self.tokenizer)
+            guided = (self.tokenizer.tokenizer, info["stop_token_ids"])
+            EVENTS.append(("guided_decoding_config", {"backend": "xgrammar", "vocab": len(info["encoded_vocab"]),
+                                                      "stop_token_ids": info["stop_token_ids"]}))
+        elif backend is not None:
+            raise ValueError(f"Unsupported guided decoding backend {backend}")
         EVENTS.append(("executor_start", kv.to_dict()))
         print(f"[trtllm-double] executor started, KvCacheConfig {json.dumps(kv.to_dict(), sort_keys=True)}",
               file=sys.stderr, flush=True)
         self._executor = Worker(lambda: _load_model(self._engine_dir, config),
-                                self.args["build_config"].gather_context_logits)
+                                self.args["build_config"].gather_context_logits, guided)
 
     # --- the build -------------------------------------------------------------------------------------
     def _build(self, hf_dir: Path, build: BuildConfig, dtype: str, quant, calib) -> Path:
@@ -120,7 +150,12 @@ class _TrtLLM:
             sp.return_context_logits = True
         prompt = list(inputs["prompt_token_ids"])
         self._check_arguments(len(prompt), sp)
-        output = RequestOutput(next(_ids), prompt, sp, self._executor)
+        if sp.guided_decoding is not None:
+            sp.guided_decoding._validate()
+            if self._executor.guided is None:
+                raise ValueError("(test double) guided decoding needs an LLM created with guided_decoding_backend="
+                                 "'xgrammar' (the executor has no GuidedDecodingConfig)")
+        output = RequestOutput(next(_ids), prompt, sp, self._executor, self.tokenizer)
         self._executor.submit(output)
         return output
 
