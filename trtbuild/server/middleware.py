@@ -62,6 +62,8 @@ class ServerMiddleware:
         given_id = headers.get(b"x-request-id", b"").decode("latin-1")
         record = AccessRecord(given_id if _SAFE_ID.fullmatch(given_id) else uuid.uuid4().hex)
         scope["trtbuild"] = record
+        # the SSE body's bytes go here, past the layers below (only a response's head needs them)
+        scope["trtbuild.send"] = send
         status = 0
 
         async def send_with_id(message):

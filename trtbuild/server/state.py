@@ -7,6 +7,7 @@ and runs its own loop (trtbuild.runtime.interface).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import threading
@@ -42,6 +43,15 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def warm_up(engine: Engine) -> None:
+    """Tables the first request would otherwise build on the event loop (the longest piece: a scan of the
+    vocabulary, ~50 ms), built once the engine is there."""
+    from trtbuild.server.guards import max_piece_chars
+
+    with contextlib.suppress(Exception):  # a test double without a full tokenizer: the first request builds it
+        max_piece_chars(engine.tokenizer)
+
+
 class ServerState:
     def __init__(self, engine: Engine | Callable[[], Engine], settings: ServerSettings):
         self.settings = settings
@@ -72,12 +82,14 @@ class ServerState:
     def start_loading(self, on_error: Callable[[Exception], None] | None = None) -> None:
         """Load the engine in a thread, so the socket answers (/health 503) while weights load."""
         if self._loader is None:
+            warm_up(self.engine)
             freeze_heap()
             return
 
         def load():
             try:
                 self.engine = self._loader()
+                warm_up(self.engine)
                 freeze_heap()
                 log.info("engine %s loaded", self.engine.info.name)
             except Exception as exc:  # noqa: BLE001 - reported through /health and the serve command
@@ -128,13 +140,15 @@ class ServerState:
 
     def admit(self, sequences: int) -> None:
         """429 unless `sequences` more fit now: checked before any tokenization, and again at submit."""
+        if len(self._active) + sequences <= self.capacity:  # fits even counting finished ones: no need to count
+            return
         admitted = self.admitted
         if admitted + sequences > self.capacity:
             raise overloaded(admitted, self.capacity)
 
     def full(self) -> APIError | None:
         """The 429 for a generation request when not even one more sequence fits (no engine yet: None)."""
-        if self.engine is None or self.health[0] != 200:
+        if self.engine is None or self.health[0] != 200 or len(self._active) < self.capacity:
             return None
         admitted = self.admitted
         return overloaded(admitted, self.capacity) if admitted >= self.capacity else None
