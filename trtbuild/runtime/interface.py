@@ -310,9 +310,12 @@ class RequestStream:
         try:
             while True:
                 flag.clear()
-                with self._lock:
-                    new, seen = self.events[seen:], len(self.events)
-                    done = self.finished and seen == len(self.events)
+                # No lock (it would make the loop wait for the engine thread mid-step): the engine appends an
+                # event before it sets finish_reason, so once `finished` reads true the slice after it holds
+                # the last event; a list slice is atomic under the GIL.
+                done = self.finish_reason is not None
+                new = self.events[seen:]
+                seen += len(new)
                 if new:
                     yield new
                 if done:

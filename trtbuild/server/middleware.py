@@ -14,13 +14,13 @@ import json
 import logging
 import re
 import time
-import uuid
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 
 from trtbuild.errors import clip
 from trtbuild.server.errors import APIError
+from trtbuild.server.render import random_hex
 
 access_log = logging.getLogger("trtbuild.server.access")
 
@@ -60,7 +60,7 @@ class ServerMiddleware:
         start = time.perf_counter()
         headers = dict(scope.get("headers") or ())
         given_id = headers.get(b"x-request-id", b"").decode("latin-1")
-        record = AccessRecord(given_id if _SAFE_ID.fullmatch(given_id) else uuid.uuid4().hex)
+        record = AccessRecord(given_id if _SAFE_ID.fullmatch(given_id) else random_hex())
         scope["trtbuild"] = record
         # the SSE body's bytes go here, past the layers below (only a response's head needs them)
         scope["trtbuild.send"] = send
