@@ -23,6 +23,7 @@ from trtbuild.server.errors import APIError
 from trtbuild.server.render import random_hex
 
 access_log = logging.getLogger("trtbuild.server.access")
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 # Paths that never need the API key: probes and scrapers must work without it.
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/ping",
@@ -115,7 +116,11 @@ class ServerMiddleware:
                 message = await receive()
             else:
                 try:
-                    message = await asyncio.wait_for(receive(), self.body_timeout)
+                    if _timeout is not None:  # 3.11+: a timer on this task (wait_for wraps receive() in a new task)
+                        async with _timeout(self.body_timeout):
+                            message = await receive()
+                    else:
+                        message = await asyncio.wait_for(receive(), self.body_timeout)
                 except asyncio.TimeoutError:
                     raise HTTPException(408, f"The request body stalled for {self.body_timeout:g} s "
                                              "(--header-timeout also bounds each wait for body bytes).") from None
