@@ -1,7 +1,8 @@
 """The load generator shared by offline and online runs, its self-checks, and the run summary.
 
 One asyncio loop sends every request (an engine stream or an HTTP stream: `issue` fills the record),
-so both modes schedule, time and judge themselves the same way. The client is judged a bottleneck,
+so both modes schedule, time and judge themselves the same way; online, that loop may be one of several
+client worker processes, each running its share (trtbuild/bench/workers.py) and judged on its own. The client is judged a bottleneck,
 and the run marked invalid, when (docs/benchmarks.md explains the thresholds):
   - its thread used more than CLIENT_CPU_MAX of one core (time.thread_time over wall time);
   - open loop: p99 send lag (sent - scheduled) > max(LAG_FLOOR_MS, LAG_FRACTION x mean gap 1/rate):
