@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,13 @@ def main(argv=None) -> int:
                       f"client {'ok' if run['client_valid'] else 'INVALID'} ({run['client_workers']} worker(s), loop lag "
                       f"p99 {run['client_loop_lag_p99_ms']:.1f} ms), load {run['load_average'][0]:.1f}",
                       file=sys.stderr, flush=True)
+    for streams in sorted({run["streams"] for run in runs}):  # medians over rounds: single runs swing on a shared box
+        for code in codes:
+            mine = [run for run in runs if run["streams"] == streams and run["code"] == str(code)]
+            cpu = statistics.median(run["server_cpu_us_per_token"] for run in mine)
+            print(f"median {Path(code).name:>12} {streams:4d} streams over {len(mine)} run(s): {cpu:.1f} us server "
+                  f"CPU/token (one free core: {1e6 / cpu:,.0f} tok/s), "
+                  f"{statistics.median(run['share_of_ideal'] for run in mine):.0%} of ideal", file=sys.stderr)
     if args.json:
         print(json.dumps(runs, indent=2))
     return 0
