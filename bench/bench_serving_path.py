@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,8 +31,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU time (user + system) of a process, or of one of its threads."""
+    with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -53,13 +55,15 @@ def one_run(code: Path, step_ms: float, streams: int, args) -> dict:
             cmd = [sys.executable, "-m", "trtbuild.cli", "--workspace", ws, "bench", "--url", info["url"],
                    "--model", info["model"], "--concurrency", str(streams), "--num-requests",
                    str(args.requests_per_stream * streams), "--warmup", str(streams), "--input-len", str(args.input_len),
-                   "--output-len", str(args.output_len), "--json", "--no-progress"]
-            cpu0 = cpu_seconds(server.pid)
+                   "--output-len", str(args.output_len), "--json", "--no-progress", "--client-workers", args.client_workers]
+            tid = info.get("engine_tid")  # older stubs do not say
+            cpu0, engine0 = cpu_seconds(server.pid), cpu_seconds(server.pid, tid) if tid else None
             started = time.perf_counter()
             bench = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin(client_cpus),
                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
             wall = time.perf_counter() - started
             cpu = cpu_seconds(server.pid) - cpu0
+            engine_cpu = cpu_seconds(server.pid, tid) - engine0 if tid else None
         if bench.returncode not in (0, 1):
             raise SystemExit(f"trtbuild bench failed: {bench.stderr[-2000:]}")
         run = json.loads(bench.stdout)["runs"][0]
@@ -76,7 +80,14 @@ def one_run(code: Path, step_ms: float, streams: int, args) -> dict:
             "itl_p99_ms": itl.get("p99"), "itl_p99_steps": round(itl["p99"] / step_ms, 2) if itl.get("p99") else None,
             "itl_metric": metric,
             "ttft_p50_ms": (lat.get("ttft") or {}).get("p50"), "server_cpu_us_per_token": round(cpu / tokens * 1e6, 1),
+            # the engine thread's part: RequestStream.emit_token (detokenization, stop checks, events, wake-ups);
+            # the rest is the event loop's (HTTP, hand-off, SSE rendering, socket writes)
+            "engine_thread_us_per_token": round(engine_cpu / tokens * 1e6, 1) if engine_cpu is not None else None,
+            "free_core_tok_s": round(1e6 / (cpu / tokens * 1e6)) if cpu > 0 else None,
             "bench_wall_s": round(wall, 1), "client_valid": run["validity"]["valid"],
+            "client_workers": run["target"].get("client_workers", 1),
+            "client_loop_lag_p99_ms": max([(w.get("loop_lag_ms") or {}).get("p99") or 0 for w in
+                                           run["client"].get("workers") or [run["client"]]]),
             "client_reasons": run["validity"]["reasons"], "extensions": run["target"].get("extensions"),
             "load_average": os.getloadavg()}
 
@@ -90,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--requests-per-stream", type=int, default=2, help="measured requests = this x streams")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--base", type=Path, default=None, help="another checkout to alternate with (A/B)")
+    parser.add_argument("--client-workers", default="auto", help="trtbuild bench --client-workers (auto: by streams "
+                        "and the CPUs the client is pinned to)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     codes = [ROOT] + ([args.base.resolve()] if args.base else [])
@@ -102,9 +115,18 @@ def main(argv=None) -> int:
                 print(f"{Path(run['code']).name:>12} {streams:4d} streams: {run['output_tok_s']:8.1f} tok/s "
                       f"({run['share_of_ideal']:.0%} of {run['ideal_tok_s']:.0f}), {run['itl_metric']} p99 "
                       f"{run['itl_p99_steps']} steps, TTFT p50 {run['ttft_p50_ms']:.1f} ms, server "
-                      f"{run['server_cpu_us_per_token']} us CPU/token, "
-                      f"client {'ok' if run['client_valid'] else 'INVALID'}, load {run['load_average'][0]:.1f}",
+                      f"{run['server_cpu_us_per_token']} us CPU/token (engine thread "
+                      f"{run['engine_thread_us_per_token']}), "
+                      f"client {'ok' if run['client_valid'] else 'INVALID'} ({run['client_workers']} worker(s), loop lag "
+                      f"p99 {run['client_loop_lag_p99_ms']:.1f} ms), load {run['load_average'][0]:.1f}",
                       file=sys.stderr, flush=True)
+    for streams in sorted({run["streams"] for run in runs}):  # medians over rounds: single runs swing on a shared box
+        for code in codes:
+            mine = [run for run in runs if run["streams"] == streams and run["code"] == str(code)]
+            cpu = statistics.median(run["server_cpu_us_per_token"] for run in mine)
+            print(f"median {Path(code).name:>12} {streams:4d} streams over {len(mine)} run(s): {cpu:.1f} us server "
+                  f"CPU/token (one free core: {1e6 / cpu:,.0f} tok/s), "
+                  f"{statistics.median(run['share_of_ideal'] for run in mine):.0%} of ideal", file=sys.stderr)
     if args.json:
         print(json.dumps(runs, indent=2))
     return 0

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -122,6 +123,24 @@ class StubEngine(Engine):
                     stream.emit_token(self.cycle[len(stream.token_ids) % len(self.cycle)])
 
 
+def track_gc() -> dict:
+    """CPU time (of the collecting thread) spent in garbage collection, by generation (reported at exit: is GC worth tuning?)."""
+    import gc
+
+    out = {"gc_s": [0.0, 0.0, 0.0], "gc_collections": [0, 0, 0]}
+    started = [0.0]
+
+    def callback(phase, info):
+        if phase == "start":
+            started[0] = time.thread_time()
+        else:
+            out["gc_s"][info["generation"]] += time.thread_time() - started[0]
+            out["gc_collections"][info["generation"]] += 1
+
+    gc.callbacks.append(callback)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -135,14 +154,30 @@ def main(argv=None) -> int:
 
     from trtbuild.server import ServerSettings, create_app
 
+    gc_time = track_gc()
+    if os.environ.get("STUB_GC_THRESHOLD"):  # experiments: "700,10,10" is CPython's default
+        import gc
+
+        gc.set_threshold(*map(int, os.environ["STUB_GC_THRESHOLD"].split(",")))
     engine = StubEngine(args.step_ms, args.max_batch_size)
     app = create_app(engine, ServerSettings(max_queue=args.max_queue))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     url = f"http://{args.host}:{sock.getsockname()[1]}"
-    print(json.dumps({"url": url, "model": engine.info.name, "pid": os.getpid()}), flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    print(json.dumps({"url": url, "model": engine.info.name, "pid": os.getpid(),
+                      "engine_tid": engine._thread.native_id}), flush=True)  # its CPU: /proc/PID/task/TID/stat
+    extra = {}
+    try:  # the HTTP protocol `trtbuild serve` runs (uvicorn's httptools plus the connection limits)
+        from trtbuild.server.limits import protocol_class
+
+        extra["http"] = protocol_class(app.state.server.settings.limits, app.state.server.connection_metrics)
+    except (ImportError, AttributeError):  # an older checkout (A/B): uvicorn's own
+        pass
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **extra)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down: with a no-op handler the counters below
+    # still get printed
+    signal.signal(signal.SIGTERM, lambda *_: None)
     profile = os.environ.get("STUB_PROFILE")  # a path: cProfile of the event loop's thread, written at exit
     if profile:
         import cProfile
@@ -150,7 +185,11 @@ def main(argv=None) -> int:
         cProfile.runctx("uvicorn.Server(config).run(sockets=[sock])", globals(), locals(), profile)
     else:
         uvicorn.Server(config).run(sockets=[sock])
-    print(json.dumps({"steps": engine.steps, "late_steps": engine.late_steps}), file=sys.stderr, flush=True)
+    import gc
+
+    print(json.dumps({"steps": engine.steps, "late_steps": engine.late_steps, **gc_time,
+                      "gc_frozen": gc.get_freeze_count(), "gc_tracked": len(gc.get_objects()),
+                      "gc_threshold": gc.get_threshold()}), file=sys.stderr, flush=True)
     return 0
 
 

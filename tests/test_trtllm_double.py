@@ -324,7 +324,7 @@ def test_runtime_guided_requests_follow_the_guide_without_tensorrt_llm_decoding(
         jsonschema.validate(json.loads(schema.text), CAPITAL)
         obj = engine.submit(tokenizer.encode_chat(ASK_JSON), SamplingParams(
             max_tokens=80, temperature=0, guided={"type": "json_object"})).result(60)
-        assert obj.finish_reason == "stop" and isinstance(json.loads(obj.text), dict)
+        assert obj.finish_reason == "stop" and isinstance(json.loads(obj.text), dict), obj.text
         forced = engine.submit(tokenizer.encode_chat(ASK_WEATHER, [WEATHER]), SamplingParams(
             max_tokens=80, temperature=0, guided={"type": "tool_calls", "schema": calls})).result(60)
         (call,) = parse_calls(forced.text)  # a bare calls array: what a forced tool_choice parses

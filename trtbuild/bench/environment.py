@@ -125,7 +125,11 @@ def snapshot() -> dict:
 
 
 class EnvironmentMonitor:
-    """with EnvironmentMonitor() as env: ...run a trial...; env.result -> dict (see summarize_environment)."""
+    """with EnvironmentMonitor() as env: ...run a trial...; env.result -> dict (see summarize_environment).
+    own_pids: the benchmark's other processes (client workers), not counted as others' load."""
+
+    def __init__(self, own_pids=()):
+        self.own_pids = set(own_pids)
 
     def __enter__(self):
         self.start, self._procs, self._wall = snapshot(), process_cpu_times(), time.perf_counter()
@@ -133,17 +137,17 @@ class EnvironmentMonitor:
 
     def __exit__(self, *exc):
         self.result = summarize_environment(self.start, snapshot(), self._procs, process_cpu_times(),
-                                            time.perf_counter() - self._wall)
+                                            time.perf_counter() - self._wall, exclude=self.own_pids)
         return False
 
 
 def summarize_environment(start: dict, end: dict, procs_start: dict, procs_end: dict, wall_s: float,
-                          own_pid: int | None = None) -> dict:
+                          own_pid: int | None = None, exclude=()) -> dict:
     """Others' CPU over the interval (cores, averaged), the busiest other processes, and the busy verdict."""
     own_pid = os.getpid() if own_pid is None else own_pid
     others = []
     for pid, (name, cpu_end) in procs_end.items():
-        if pid == own_pid or pid not in procs_start:
+        if pid == own_pid or pid in exclude or pid not in procs_start:
             continue
         used = cpu_end - procs_start[pid][1]
         if used > 0 and wall_s > 0:

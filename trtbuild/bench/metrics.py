@@ -1,6 +1,6 @@
 """Metric definitions, written once for offline and online runs (docs/benchmarks.md explains each).
 
-All times are perf_counter_ns stamps relative to the run's start. A request's timeline is:
+All times are ns stamps relative to the run's start (perf_counter offline, monotonic_ns online). A request's timeline is:
 sent -> chunk 1 (first content) -> ... -> chunk k (last content) -> stream end (usage chunk, [DONE]).
 
     TTFT        first content-bearing chunk - sent

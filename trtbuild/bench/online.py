@@ -1,8 +1,10 @@
 """Online benchmark: an asyncio client against OpenAI-compatible endpoints (/v1/completions or
 /v1/chat/completions, streaming).
 
-One aiohttp session, its pool sized to the load (limit = concurrency), 1 MiB read buffer (vllm#39963),
-perf_counter_ns stamps taken when a read completes an SSE event. Prompts go as text by default (any
+One aiohttp session per client process, its pool sized to the load (limit = concurrency), 1 MiB read
+buffer (vllm#39963), time.monotonic_ns stamps taken when a read completes an SSE event. At high
+concurrency the load is spread over client worker processes (--client-workers, trtbuild/bench/workers.py),
+each with its own loop and self-checks; their stamps share one system-wide clock. Prompts go as text by default (any
 server takes it; the workload checked that the text re-encodes to the exact length) or as token ids
 (`prompt_format="ids"`, exact by construction; the dataset's own ids when it has no text).
 Exact output lengths ask for ignore_eos + min_tokens = max_tokens; stream_options asks for usage
@@ -29,9 +31,10 @@ from trtbuild.bench.arrivals import LoadSpec
 from trtbuild.bench.environment import EnvironmentMonitor
 from trtbuild.bench.metrics import SLO
 from trtbuild.bench.results import BenchResult, RequestRecord, save_run
-from trtbuild.bench.runner import run_load, summarize
+from trtbuild.bench.runner import PooledMonitor, run_load, summarize
 from trtbuild.bench.sse import SSEParser
 from trtbuild.bench.trials import interleave, merge_trials
+from trtbuild.bench.workers import ClientConfig, WorkerPool, auto_workers, merge, parse_workers
 from trtbuild.bench.workload import BenchRequest, WorkloadSpec, build_requests
 from trtbuild.errors import TrtbuildError
 from trtbuild.tokenizer import Tokenizer
@@ -62,22 +65,25 @@ def request_body(req: BenchRequest, model: str, spec: WorkloadSpec, extensions: 
     return body
 
 
+CLOCK = time.monotonic_ns  # CLOCK_MONOTONIC: one clock for the client's processes (trtbuild/bench/workers.py)
+
+
 async def stream_completion(session: aiohttp.ClientSession, url: str, path: str, body: dict, rec: RequestRecord,
-                            t0: int, texts: dict) -> None:
+                            t0: int, texts: dict, clock=CLOCK) -> None:
     """Send one streaming (chat) completion to url + path and fill rec; the text goes to texts[rec.index]
-    for re-tokenizing."""
+    for re-tokenizing. Stamps: clock() - t0."""
     parser, pieces = SSEParser(), []
     counted = 0  # completion tokens reported by continuous usage so far
     per_chunk: list[int] | None = []
     rec.target = url
-    rec.sent_ns = time.perf_counter_ns() - t0
+    rec.sent_ns = clock() - t0
     try:
         async with session.post(url + path, json=body) as resp:
             if resp.status != 200:
                 rec.error_type, rec.error = f"http_{resp.status}", (await resp.text())[:300]
                 return
             async for data in resp.content.iter_any():
-                now = time.perf_counter_ns() - t0
+                now = clock() - t0
                 if rec.first_byte_ns is None:
                     rec.first_byte_ns = now
                 for payload in parser.feed(data):
@@ -118,7 +124,7 @@ async def stream_completion(session: aiohttp.ClientSession, url: str, path: str,
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
         rec.error_type, rec.error = "bad_response", f"unparseable stream event: {exc}"[:300]
     finally:
-        rec.end_ns = time.perf_counter_ns() - t0
+        rec.end_ns = clock() - t0
     rec.chunk_tokens = per_chunk if per_chunk and len(per_chunk) == len(rec.chunk_ns) else None
     texts[rec.index] = "".join(pieces)
     if rec.error_type is None and not rec.chunk_ns:
@@ -167,12 +173,27 @@ def resolve_target_engine(ws: Workspace, model: str, engine_dir: str | Path | No
     return next((e for e in ws.engines() if e.name == model), None)
 
 
-async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_s, progress, tokenizer, trials=1):
+def make_issue(session, urls, path, model, spec, extensions, prompt_format, texts, bar, clock=CLOCK):
+    """The runner's issue(request, record, t0) for this client: one streaming request, round-robin over urls."""
+    async def issue(req: BenchRequest, rec: RequestRecord, t0: int) -> None:
+        body = request_body(req, model, spec, extensions, prompt_format)
+        await stream_completion(session, urls[req.index % len(urls)], path, body, rec, t0, texts, clock)
+        if bar is not None:
+            bar.update(1)
+
+    return issue
+
+
+async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_s, progress, tokenizer, trials=1,
+                      workers=None):
     requests = build_requests(tokenizer, spec)
     path = PATHS[spec.endpoint]
     pool = max(max((load.concurrency or 0) for load in loads), 1)
     if any(load.open_loop for load in loads):
         pool = max(pool, min(len(requests), 1024))  # open loop: every request in flight may need a socket
+    n_workers = auto_workers(loads) if workers is None else workers
+    if n_workers > 1:
+        pool = 1  # the parent only probes
     connector = aiohttp.TCPConnector(limit=pool, limit_per_host=0, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     out = []
@@ -180,35 +201,48 @@ async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_
                                      headers=_headers(api_key)) as session:
         servers = [await probe(session, url, model, api_key, spec.endpoint) for url in urls]
         extensions = {k: all(s["extensions"][k] for s in servers) for k in servers[0]["extensions"]}
-        for trial in range(trials):
-            for i in interleave(list(range(len(loads))), trial):
-                load = loads[i]
-                texts: dict[int, str] = {}
-                label = f"bench {model} {load.level:g}" + (f" trial {trial + 1}/{trials}" if trials > 1 else "")
-                bar = tqdm(total=len(requests), desc=label, unit="req", disable=not progress, leave=False)
-
-                async def issue(req: BenchRequest, rec: RequestRecord, t0: int, texts=texts, bar=bar) -> None:
-                    body = request_body(req, model, spec, extensions, prompt_format)
-                    await stream_completion(session, urls[req.index % len(urls)], path, body, rec, t0, texts)
-                    bar.update(1)
-
-                with EnvironmentMonitor() as env:
-                    records, monitor = await run_load(requests, load, issue)
-                bar.close()
-                out.append((i, load, records, monitor, texts, env.result))
-    return servers, extensions, out
+        workers_pool = None
+        if n_workers > 1:
+            config = ClientConfig(urls, model, spec, extensions, prompt_format, api_key, timeout_s)
+            workers_pool = WorkerPool(n_workers, config)
+        try:
+            for trial in range(trials):
+                for i in interleave(list(range(len(loads))), trial):
+                    load = loads[i]
+                    texts: dict[int, str] = {}
+                    label = f"bench {model} {load.level:g}" + (f" trial {trial + 1}/{trials}" if trials > 1 else "")
+                    bar = tqdm(total=len(requests), desc=label, unit="req", disable=not progress, leave=False)
+                    per_worker = None
+                    if workers_pool is None:
+                        issue = make_issue(session, urls, path, model, spec, extensions, prompt_format, texts, bar)
+                        with EnvironmentMonitor() as env:
+                            records, monitor = await run_load(requests, load, issue, clock=CLOCK)
+                    else:
+                        with EnvironmentMonitor(own_pids=workers_pool.pids) as env:
+                            parts = await asyncio.get_running_loop().run_in_executor(
+                                None, workers_pool.run, requests, load, bar.update)
+                        records, texts, per_worker = merge(parts)
+                        monitor = PooledMonitor([mon for _, mon in per_worker])
+                    bar.close()
+                    out.append((i, load, records, monitor, texts, env.result, per_worker))
+        finally:
+            if workers_pool is not None:
+                workers_pool.close()
+    return servers, extensions, out, n_workers
 
 
 def run_online_bench(ws: Workspace, urls: list[str], model: str, workload: WorkloadSpec, loads: list[LoadSpec],
                      slo: SLO | None = None, *, api_key: str | None = None, prompt_format: str = "text",
                      engine_dir: str | Path | None = None, timeout_s: float = 600.0, progress: bool = True,
-                     out_dir: str | Path | None = None, trials: int = 1) -> list[BenchResult]:
+                     out_dir: str | Path | None = None, trials: int = 1, client_workers=None) -> list[BenchResult]:
     """Benchmark an OpenAI-compatible endpoint (urls: replicas, round-robin) at each load level;
     workload.endpoint picks /v1/completions (default) or /v1/chat/completions. Each level runs `trials`
     times (levels interleaved) and its trials are merged into one run (trtbuild/bench/trials.py).
 
     Runs are saved under ws.bench_dir(engine) when the model is a workspace engine (or engine_dir is
-    given), else under <workspace>/bench/."""
+    given), else under <workspace>/bench/. client_workers: client processes (None or "auto": by
+    concurrency, trtbuild/bench/workers.py)."""
+    workers = parse_workers(client_workers)
     if not urls:
         raise TrtbuildError("give at least one --url")
     if prompt_format not in ("text", "ids"):
@@ -225,24 +259,25 @@ def run_online_bench(ws: Workspace, urls: list[str], model: str, workload: Workl
     if trials < 1:
         raise TrtbuildError(f"--trials must be >= 1, got {trials}")
     tokenizer = Tokenizer.v3()
-    servers, extensions, runs = asyncio.run(
-        _run_online(urls, model, workload, loads, api_key, prompt_format, timeout_s, progress, tokenizer, trials))
+    servers, extensions, runs, n_workers = asyncio.run(
+        _run_online(urls, model, workload, loads, api_key, prompt_format, timeout_s, progress, tokenizer, trials,
+                    workers))
     engine = resolve_target_engine(ws, model, engine_dir)
     base = Path(out_dir) if out_dir else (ws.bench_dir(engine) if engine else ws.root / "bench")
     target = {"kind": "endpoint", "name": engine.name if engine else model, "model": model, "urls": urls,
               "servers": servers, "extensions": extensions, "prompt_format": prompt_format,
-              "engine_dir": str(engine) if engine else None, "manifest": None}
+              "engine_dir": str(engine) if engine else None, "manifest": None, "client_workers": n_workers}
     if engine is not None:
         from trtbuild.manifest import load_manifest
 
         target["manifest"] = load_manifest(engine).to_dict()
     per_level: dict[int, list[BenchResult]] = {}
-    for i, load, records, monitor, texts, env in runs:
+    for i, load, records, monitor, texts, env, per_worker in runs:
         for rec in records:  # re-tokenize after the run, off the client's hot path
             if rec.index in texts:
                 rec.token_counts["client"] = len(tokenizer.encode(texts[rec.index], bos=False))
             rec.token_counts.setdefault("usage", None)
-        trial = summarize("online", workload, load, target, records, monitor, slo)
+        trial = summarize("online", workload, load, target, records, monitor, slo, workers=per_worker)
         trial.summary.environment = env
         per_level.setdefault(i, []).append(trial)
     results = []

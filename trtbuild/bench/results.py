@@ -27,7 +27,8 @@ SUMMARY, REQUESTS = "summary.json", "requests.jsonl"
 
 @dataclass
 class RequestRecord:
-    """One request as the client saw it. Times: perf_counter_ns relative to the run's start."""
+    """One request as the client saw it. Times: ns relative to the run's start, on perf_counter (offline,
+    like the engine's own stamps) or monotonic_ns (online: one clock across client worker processes)."""
 
     index: int
     warmup: bool = False

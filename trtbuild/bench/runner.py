@@ -1,7 +1,8 @@
 """The load generator shared by offline and online runs, its self-checks, and the run summary.
 
 One asyncio loop sends every request (an engine stream or an HTTP stream: `issue` fills the record),
-so both modes schedule, time and judge themselves the same way. The client is judged a bottleneck,
+so both modes schedule, time and judge themselves the same way; online, that loop may be one of several
+client worker processes, each running its share (trtbuild/bench/workers.py) and judged on its own. The client is judged a bottleneck,
 and the run marked invalid, when (docs/benchmarks.md explains the thresholds):
   - its thread used more than CLIENT_CPU_MAX of one core (time.thread_time over wall time);
   - open loop: p99 send lag (sent - scheduled) > max(LAG_FLOOR_MS, LAG_FRACTION x mean gap 1/rate):
@@ -64,14 +65,20 @@ class ClientMonitor:
             self.lags_ms.append(max(time.perf_counter() - due, 0.0) * 1e3)
 
 
-async def drive(requests: list[BenchRequest], load: LoadSpec, issue: Issue, t0_ns: int) -> list[RequestRecord]:
-    """Send warm-up requests (concurrently, then wait), then the measured ones under `load`."""
+async def drive(requests: list[BenchRequest], load: LoadSpec, issue: Issue, t0_ns: int,
+                clock: Callable[[], int] = time.perf_counter_ns, offsets: list[float] | None = None,
+                between: Callable[[], Awaitable[None]] | None = None) -> list[RequestRecord]:
+    """Send warm-up requests (concurrently, then wait), then the measured ones under `load`.
+
+    clock: the ns clock every stamp is taken with (t0_ns on the same clock); offsets: the open loop's send
+    times (s from its start), one per measured request, when a caller split a schedule between workers
+    (trtbuild/bench/workers.py); between: awaited after the warm-up (the workers' barrier)."""
     def record(req: BenchRequest) -> RequestRecord:
         return RequestRecord(index=req.index, warmup=req.warmup, input_tokens=req.input_len,
                              requested_output_tokens=req.output_len)
 
     def now() -> int:
-        return time.perf_counter_ns() - t0_ns
+        return clock() - t0_ns
 
     def send(req, rec):
         return issue(req, rec, t0_ns)
@@ -82,8 +89,10 @@ async def drive(requests: list[BenchRequest], load: LoadSpec, issue: Issue, t0_n
     if warm:
         width = load.concurrency if not load.open_loop else max(1, min(len(warm), 8))
         records += await _closed_loop(warm, width, send, record, now, None)
+    if between is not None:
+        await between()
     if load.open_loop:
-        records += await _open_loop(measured, load, send, record, now)
+        records += await _open_loop(measured, load, send, record, now, offsets)
     else:
         records += await _closed_loop(measured, load.concurrency, send, record, now, load.duration_s)
     return records
@@ -107,8 +116,8 @@ async def _closed_loop(reqs, width, issue, record, now, duration_s) -> list[Requ
     return out
 
 
-async def _open_loop(reqs, load, issue, record, now) -> list[RequestRecord]:
-    at = schedule(len(reqs), load)
+async def _open_loop(reqs, load, issue, record, now, offsets=None) -> list[RequestRecord]:
+    at = schedule(len(reqs), load) if offsets is None else offsets
     start = now()
     tasks, out = [], []
     for req, offset in zip(reqs, at):
@@ -126,16 +135,41 @@ async def _open_loop(reqs, load, issue, record, now) -> list[RequestRecord]:
     return out
 
 
-async def run_load(requests, load: LoadSpec, issue: Issue) -> tuple[list[RequestRecord], ClientMonitor]:
-    """Drive the load under a ClientMonitor; returns the records and the monitor."""
-    t0 = time.perf_counter_ns()
+async def run_load(requests, load: LoadSpec, issue: Issue, clock: Callable[[], int] = time.perf_counter_ns,
+                   t0_ns: int | None = None, offsets: list[float] | None = None,
+                   between: Callable[[], Awaitable[None]] | None = None) -> tuple[list[RequestRecord], ClientMonitor]:
+    """Drive the load under a ClientMonitor; returns the records and the monitor. t0_ns (on `clock`):
+    the origin of every stamp, default now (workers get their parent's, so their records merge)."""
+    t0 = clock() if t0_ns is None else t0_ns
     async with ClientMonitor() as monitor:
-        records = await drive(requests, load, issue, t0)
+        records = await drive(requests, load, issue, t0, clock, offsets, between)
     return records, monitor
 
 
+class PooledMonitor:
+    """The client processes of a multi-worker run as one monitor: every worker's loop-lag samples, the
+    busiest loop's thread CPU, all workers' process CPU together (cores)."""
+
+    def __init__(self, monitors: list):
+        self.lags_ms = [lag for m in monitors for lag in m.lags_ms]
+        self.cpu_thread = max((m.cpu_thread for m in monitors), default=0.0)
+        self.cpu_process = sum(m.cpu_process for m in monitors)
+
+
 def client_health(records: list[RequestRecord], load: LoadSpec, monitor: ClientMonitor, mode: str,
-                  latency_ms: dict) -> dict:
+                  latency_ms: dict, workers: list[tuple[list[RequestRecord], ClientMonitor]] | None = None) -> dict:
+    """The client's verdict on itself. With worker processes (workers: each one's records and monitor),
+    every check applies to each worker on its own (its loop, its CPU, its sends) and any worker's failure
+    invalidates the run; the top-level figures are pooled over the workers."""
+    if workers is not None and len(workers) > 1:
+        per = [client_health(recs, load, mon, mode, latency_ms) for recs, mon in workers]
+        pooled = client_health(records, load, monitor, mode, latency_ms)
+        reasons = [f"client worker {i + 1}/{len(per)}: {why}" for i, h in enumerate(per) for why in h["reasons"]]
+        pooled["workers"] = [{"requests": len(recs), "cpu_thread": h["cpu_thread"], "cpu_process": h["cpu_process"],
+                              "loop_lag_ms": h["loop_lag_ms"], "send_lag_ms": h["send_lag_ms"], "reasons": h["reasons"]}
+                             for (recs, _), h in zip(workers, per)]
+        pooled.update(reasons=reasons, bottleneck=bool(reasons))
+        return pooled
     send_lag = [max(r.sent_ns - r.scheduled_ns, 0) / 1e6 for r in records if not r.warmup and r.sent_ns]
     lag, send = metrics.stats(monitor.lags_ms), metrics.stats(send_lag)
     reasons, limits = [], {"cpu_thread_max": CLIENT_CPU_MAX}
@@ -214,10 +248,11 @@ def _prompt_note(spec: WorkloadSpec, pairs: dict[tuple[int, int], int]) -> str |
 
 
 def summarize(mode: str, spec: WorkloadSpec, load: LoadSpec, target: dict, records: list[RequestRecord],
-              monitor: ClientMonitor, slo: metrics.SLO | None, num_gpus: int | None = None) -> BenchResult:
+              monitor: ClientMonitor, slo: metrics.SLO | None, num_gpus: int | None = None,
+              workers: list[tuple[list[RequestRecord], ClientMonitor]] | None = None) -> BenchResult:
     tokens = check_tokens(records, spec)
     computed = metrics.compute(records, slo, num_gpus)
-    health = client_health(records, load, monitor, mode, computed["latency_ms"])
+    health = client_health(records, load, monitor, mode, computed["latency_ms"], workers)
     reasons = list(health["reasons"])
     flagged = computed["counts"]["flagged"]
     if flagged.get("length_mismatch"):

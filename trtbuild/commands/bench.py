@@ -79,13 +79,17 @@ def _ms(intervals: dict, key: str) -> str:
 @click.option("--prompt-format", type=click.Choice(["text", "ids"]), default="text", show_default=True,
               help="Online, --endpoint completions: send prompts as text or as token-id lists.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Online: per-request timeout (s).")
+@click.option("--client-workers", default="auto", show_default=True, envvar="TRTBUILD_BENCH_CLIENT_WORKERS",
+              help="Online: client processes sharing each load level, each with its own event loop and self-checks "
+                   "(auto: one per 128 streams of the highest --concurrency, at most one per usable CPU; open "
+                   "loop: 1) [env TRTBUILD_BENCH_CLIENT_WORKERS].")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars on stderr  [default: on a terminal, off in a log].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summaries as JSON.")
 @click.pass_obj
 def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arrival, burstiness, num_requests,
-              duration, trials, warmup, input_len, output_len, dataset, seed, slo, endpoint, prompt_format, timeout, progress,
-              as_json):
+              duration, trials, warmup, input_len, output_len, dataset, seed, slo, endpoint, prompt_format, timeout,
+              client_workers, progress, as_json):
     """Benchmark ENGINE offline (in-process), or a server online with --url.
 
     \b
@@ -119,6 +123,12 @@ def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arriv
     if not urls and given:
         raise TrtbuildError(f"--endpoint {endpoint} applies to online runs only; add --url URL --model NAME, or drop "
                             "it to benchmark ENGINE offline")
+    from trtbuild.bench.workers import parse_workers
+
+    parse_workers(client_workers)  # a bad value fails before anything runs, online or not
+    if not urls and click.get_current_context().get_parameter_source("client_workers") == ParameterSource.COMMANDLINE:
+        raise TrtbuildError("--client-workers applies to online runs only (offline, the engine stamps its own "
+                            "tokens); add --url URL --model NAME, or drop it")
     spec = WorkloadSpec(input_len=input_len, output_len=output_len, dataset=dataset, num_requests=num_requests,
                         warmup=warmup, seed=seed, endpoint=endpoint if urls else None)
     targets = SLO.parse(slo)
@@ -132,7 +142,7 @@ def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arriv
             model = engine_dir.name
         results = run_online_bench(ws, list(urls), model, spec, loads, targets, api_key=api_key,
                                    prompt_format=prompt_format, engine_dir=engine_dir, timeout_s=timeout,
-                                   progress=progress, trials=trials)
+                                   progress=progress, trials=trials, client_workers=client_workers)
     else:
         if not engine:
             raise TrtbuildError("give an ENGINE to benchmark offline, or --url URL --model NAME for a server")

@@ -33,6 +33,8 @@ FINISH_REASONS = ("stop", "length", "abort", "error")
 
 
 class JSONMixin:
+    __slots__ = ()  # lets a slotted dataclass (TokenEvent: one per token) stay without a __dict__
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -102,7 +104,7 @@ class SamplingParams(JSONMixin):
                 raise ValueError(f"{name} {why}, got {clip(getattr(self, name))}")
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenEvent(JSONMixin):
     """One generated token, as the caller sees it while streaming."""
 
@@ -195,8 +197,12 @@ class RequestStream:
         self._text = TextStream(tokenizer, context_ids=tokenizer.decode_context(self.prompt_token_ids), stop=params.stop,
                                 include_stop=params.include_stop_str_in_output, min_tokens=params.min_tokens)
         self._on_cancel = on_cancel
-        self._cond = threading.Condition()
-        self._waiters: list[tuple[LoopWaker, asyncio.Event]] = []
+        # one re-entrant lock, taken directly on the engine's per-token path (Condition's own __enter__ is a
+        # Python call); the condition is notified only while a thread waits on it (__iter__, result())
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._sync_waiters = 0
+        self._waiters: tuple[tuple[LoopWaker, asyncio.Event], ...] = ()  # replaced, never mutated: no copy per token
 
     # --- engine side ------------------------------------------------------------------------------
     @property
@@ -210,7 +216,7 @@ class RequestStream:
     def emit_token(self, token_id: int, logprob: float | None = None,
                    top_logprobs: list[tuple[int, float]] | None = None) -> bool:
         """Record one generated token; returns True when the request is now finished."""
-        with self._cond:  # atomic against cancel() from another thread: no token lands after "abort"
+        with self._lock:  # atomic against cancel() from another thread: no token lands after "abort"
             return self._emit_token(token_id, logprob, top_logprobs)
 
     def _emit_token(self, token_id: int, logprob: float | None, top_logprobs: list[tuple[int, float]] | None) -> bool:
@@ -245,7 +251,7 @@ class RequestStream:
 
     def finish(self, reason: str, error: str | None = None) -> None:
         """End the request without a token (abort, error). Idempotent."""
-        with self._cond:  # the lock is re-entrant (Condition's default RLock); _publish takes it again
+        with self._lock:  # the lock is re-entrant; _publish takes it again
             self._finish(reason, error)
 
     def _finish(self, reason: str, error: str | None) -> None:
@@ -258,13 +264,14 @@ class RequestStream:
         self._publish(event, reason)
 
     def _publish(self, event: TokenEvent, reason: str | None) -> None:
-        with self._cond:
+        with self._lock:
             self.events.append(event)
             if reason is not None:
                 self.finish_reason = reason
                 self.timings.finished_ns = event.time_ns
-            self._cond.notify_all()
-            waiters = list(self._waiters)
+            if self._sync_waiters:
+                self._cond.notify_all()
+            waiters = self._waiters
         for waker, flag in waiters:
             waker.wake(flag)
 
@@ -286,7 +293,7 @@ class RequestStream:
         while True:
             with self._cond:
                 while seen == len(self.events) and not self.finished:
-                    self._cond.wait()
+                    self._wait()
                 new, seen = self.events[seen:], len(self.events)
                 done = self.finished and seen == len(self.events)
             yield from new
@@ -297,15 +304,18 @@ class RequestStream:
         """Async iteration that yields every event available at once (a server can coalesce them)."""
         waiter = (LoopWaker.of(asyncio.get_running_loop()), asyncio.Event())
         flag = waiter[1]
-        with self._cond:
-            self._waiters.append(waiter)
+        with self._lock:
+            self._waiters = (*self._waiters, waiter)
         seen = 0
         try:
             while True:
                 flag.clear()
-                with self._cond:
-                    new, seen = self.events[seen:], len(self.events)
-                    done = self.finished and seen == len(self.events)
+                # No lock (it would make the loop wait for the engine thread mid-step): the engine appends an
+                # event before it sets finish_reason, so once `finished` reads true the slice after it holds
+                # the last event; a list slice is atomic under the GIL.
+                done = self.finish_reason is not None
+                new = self.events[seen:]
+                seen += len(new)
                 if new:
                     yield new
                 if done:
@@ -313,8 +323,8 @@ class RequestStream:
                 if not new:
                     await flag.wait()
         finally:
-            with self._cond:
-                self._waiters.remove(waiter)
+            with self._lock:
+                self._waiters = tuple(w for w in self._waiters if w is not waiter)
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:
         async for batch in self.aiter_batches():
@@ -323,9 +333,21 @@ class RequestStream:
 
     def result(self, timeout: float | None = None) -> GenerationResult:
         with self._cond:
-            if not self._cond.wait_for(lambda: self.finished, timeout=timeout):
-                raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self.finished:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s")
+                self._wait(left)
         return self.snapshot()
+
+    def _wait(self, timeout: float | None = None) -> None:
+        """Wait on the condition (lock held), counted so that _publish notifies only while someone waits."""
+        self._sync_waiters += 1
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._sync_waiters -= 1
 
     async def aresult(self) -> GenerationResult:
         async for _ in self.aiter_batches():

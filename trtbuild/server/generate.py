@@ -19,7 +19,7 @@ import contextlib
 from typing import AsyncIterator, Sequence
 
 from fastapi import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from trtbuild.runtime.interface import GenerationResult, RequestStream
 from trtbuild.server.errors import bad_request, engine_failure, json_response, unavailable
@@ -170,21 +170,55 @@ async def disconnected(request: Request) -> None:
         pass
 
 
-class SSEResponse(StreamingResponse):
-    """A StreamingResponse that runs `cleanup` however the response ends. Starlette cancels the body when
-    the client disconnects, possibly before the generator ever started (its own `finally` would then
-    never run), so cancelling the generation cannot live in the generator."""
+class SSEResponse(Response):  # a Response to FastAPI (returned as is); its own __init__ and __call__
+    """The SSE response as a plain ASGI app (issue 13: the hot path of a busy server is one chunk per stream
+    per engine step). Starlette's StreamingResponse sent each chunk through five `send` wrappers (its own,
+    the exception layers', the middleware's) and a listener task group; here the response head goes
+    through the app's chain (status, x-request-id, error handling), and the body bytes go straight to the
+    server's `send` (ServerMiddleware puts it in the scope). The final chunk, the usage chunk, [DONE] and
+    the end of the body leave in one write. A second task waits for the client's disconnect and stops the
+    body when it comes; `cleanup` runs however the response ends (before the body ever started, too)."""
 
-    def __init__(self, events: AsyncIterator[str], cleanup):
-        super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    media_type = "text/event-stream"
+    HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
+               *((k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items())]
+    status_code = 200
+
+    def __init__(self, events: AsyncIterator[str], cleanup):  # noqa: D107 - Response.__init__ renders a body
+        self.body_iterator = events
         self.cleanup = cleanup
+        self.background = None
+        self.raw_headers = list(self.HEADERS)
 
     async def __call__(self, scope, receive, send):
+        body = asyncio.ensure_future(self._stream(send, scope.get("trtbuild.send", send)))
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
         try:
-            await super().__call__(scope, receive, send)
+            await asyncio.wait((body, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in (gone, body):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             self.cleanup()
             await self.body_iterator.aclose()  # a generator left suspended by the cancellation
+        if not body.cancelled() and body.exception() is not None:
+            raise body.exception()
+
+    async def _stream(self, send, send_body):
+        await send({"type": "http.response.start", "status": 200, "headers": self.HEADERS})
+        async for chunk in self.body_iterator:
+            last = chunk.endswith(DONE)  # sse_events ends with [DONE]: the end of the body rides along
+            await send_body({"type": "http.response.body", "body": chunk.encode(), "more_body": not last})
+            if last:
+                return
+        await send_body({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[RequestStream], prompt_tokens: int,
@@ -196,7 +230,7 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
             yield renderer.role_chunk(index)
     for chunk in first:
         yield chunk
-    failed = None
+    failed, tail = None, ""
     single = len(streams) == 1  # the common case: no merging task and queue hop per chunk
     source = streams[0].aiter_batches() if single else merged_batches(streams)
     async with contextlib.aclosing(source) as batches:
@@ -208,15 +242,18 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
                 reason = None  # text that came before the failure is still sent
             chunk = renderer.delta_chunk(index, events, reason)
             if chunk is not None:
+                if reason is not None and single:  # the last chunk: it leaves with usage and [DONE], one write
+                    tail = chunk
+                    continue
                 yield chunk
             if failed is not None:
                 break
     if failed is not None:
         error = engine_failure(failed) if streams[index].finish_reason == "error" else unavailable(failed)
-        yield sse(error.body())
+        tail += sse(error.body())
     elif include_usage:
-        yield renderer.usage_chunk(prompt_tokens, sum(len(s.token_ids) for s in streams))
-    yield DONE
+        tail += renderer.usage_chunk(prompt_tokens, sum(len(s.token_ids) for s in streams))
+    yield tail + DONE
 
 
 async def merged_batches(streams: Sequence[RequestStream]) -> AsyncIterator[tuple[int, list]]:

@@ -14,15 +14,16 @@ import json
 import logging
 import re
 import time
-import uuid
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 
 from trtbuild.errors import clip
 from trtbuild.server.errors import APIError
+from trtbuild.server.render import random_hex
 
 access_log = logging.getLogger("trtbuild.server.access")
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 # Paths that never need the API key: probes and scrapers must work without it.
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/version", "/ping",
@@ -60,8 +61,10 @@ class ServerMiddleware:
         start = time.perf_counter()
         headers = dict(scope.get("headers") or ())
         given_id = headers.get(b"x-request-id", b"").decode("latin-1")
-        record = AccessRecord(given_id if _SAFE_ID.fullmatch(given_id) else uuid.uuid4().hex)
+        record = AccessRecord(given_id if _SAFE_ID.fullmatch(given_id) else random_hex())
         scope["trtbuild"] = record
+        # the SSE body's bytes go here, past the layers below (only a response's head needs them)
+        scope["trtbuild.send"] = send
         status = 0
 
         async def send_with_id(message):
@@ -113,7 +116,11 @@ class ServerMiddleware:
                 message = await receive()
             else:
                 try:
-                    message = await asyncio.wait_for(receive(), self.body_timeout)
+                    if _timeout is not None:  # 3.11+: a timer on this task (wait_for wraps receive() in a new task)
+                        async with _timeout(self.body_timeout):
+                            message = await receive()
+                    else:
+                        message = await asyncio.wait_for(receive(), self.body_timeout)
                 except asyncio.TimeoutError:
                     raise HTTPException(408, f"The request body stalled for {self.body_timeout:g} s "
                                              "(--header-timeout also bounds each wait for body bytes).") from None
