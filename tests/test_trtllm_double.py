@@ -301,6 +301,20 @@ def test_build_writes_the_hf_tokenizer_xgrammar_reads(double_engines, tokenizer)
         assert all(info["encoded_vocab"][i] == tokenizer.id_to_piece(i) for i in (0, 1, 3, 5, 300, 23325, 32767))
 
 
+def json_object_matcher(engine_dir: Path, token_ids: list):
+    """llguidance's matcher for {"type": "object"} over the engine's own tokenizer.json, fed `token_ids`."""
+    import llguidance
+    import llguidance.hf
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(engine_dir / "engine" / "tokenizer.json"))
+    grammar = llguidance.LLMatcher.grammar_from_json_schema('{"type": "object"}',
+                                                            defaults={"whitespace_pattern": "[ ]?"})
+    matcher = llguidance.LLMatcher(llguidance.hf.from_tokenizer(hf, eos_token=2), grammar)
+    matcher.consume_tokens(list(token_ids))
+    return matcher
+
+
 def test_runtime_guided_requests_follow_the_guide_without_tensorrt_llm_decoding(double_module, fp16, tokenizer):
     """The LLM is created with the engine dir's tokenizer and guided_decoding_backend='xgrammar'
     (llm_kwargs); guides become GuidedDecodingParams (runtime.guided), logit_bias embedding_bias; and
@@ -324,7 +338,13 @@ def test_runtime_guided_requests_follow_the_guide_without_tensorrt_llm_decoding(
         jsonschema.validate(json.loads(schema.text), CAPITAL)
         obj = engine.submit(tokenizer.encode_chat(ASK_JSON), SamplingParams(
             max_tokens=80, temperature=0, guided={"type": "json_object"})).result(60)
-        assert obj.finish_reason == "stop" and isinstance(json.loads(obj.text), dict), obj.text
+        # json_object bounds no length: whether this model closes its object within 80 tokens depends on
+        # the training (weights differ from CPU to CPU). What the guide promises holds for any weights: every
+        # token was allowed by the grammar, and a finished answer is one JSON object.
+        assert not json_object_matcher(fp16, obj.token_ids).is_error(), obj.text
+        assert obj.finish_reason in ("stop", "length")
+        if obj.finish_reason == "stop":
+            assert isinstance(json.loads(obj.text), dict), obj.text
         forced = engine.submit(tokenizer.encode_chat(ASK_WEATHER, [WEATHER]), SamplingParams(
             max_tokens=80, temperature=0, guided={"type": "tool_calls", "schema": calls})).result(60)
         (call,) = parse_calls(forced.text)  # a bare calls array: what a forced tool_choice parses
