@@ -66,6 +66,18 @@ def test_load_engine_reports_a_torch_engine_with_manifest_limits(engine, engine_
     assert engine.model.hf.model.embed_tokens.weight.dtype == torch.float32
 
 
+def test_the_cpu_lm_head_kernels_equal_the_linear_layer(engine):
+    head = engine.model.lm_head  # batch 1: a pre-transposed GEMV; more rows: oneDNN's packed GEMM
+    assert head.by_column is not None and (head.packed is not None or not torch.backends.mkldnn.is_available())
+    weight = engine.model.hf.lm_head.weight
+    for shape in ((1, 256), (3, 256), (8, 256), (2, 5, 256)):
+        x = torch.randn(*shape[:-1], weight.shape[1], generator=torch.Generator().manual_seed(len(shape)))
+        with torch.inference_mode():
+            got, want = head(x), torch.nn.functional.linear(x, weight)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_greedy_alone_equals_transformers_generate(engine, prompts, hf_greedy):
     for ids, expected in list(zip(prompts, hf_greedy))[::3]:
         result = engine.generate([ids], GREEDY)[0]
