@@ -94,6 +94,22 @@ def test_greedy_in_a_batch_of_8_equals_transformers_generate(engine, prompts, hf
     assert any(len(r.token_ids) > 8 for r in results)
 
 
+def test_a_burst_is_prefilled_in_groups_within_the_token_budget(engine, prompts, hf_greedy, monkeypatch):
+    groups = []
+    prefill_group = engine._prefill_group
+    monkeypatch.setattr(engine, "_prefill_group", lambda group: groups.append(group) or prefill_group(group))
+    budget = 3 * max(len(p) for p in prompts)
+    monkeypatch.setattr(engine, "prefill_tokens", budget)
+    with engine._cv:  # all eight are waiting when the engine thread next looks: one admission, one burst
+        streams = [engine.submit(ids, GREEDY) for ids in prompts]
+    assert [s.result().token_ids for s in streams] == hf_greedy
+    sizes = [len(g) for g in groups]
+    assert sum(sizes) == len(prompts) and len(sizes) > 1
+    assert all(len(g) * max(len(r.prompt) for r in g) <= budget for g in groups)
+    lengths = [len(r.prompt) for g in groups for r in g]
+    assert lengths == sorted(lengths)  # shortest prompts first: their first tokens come soonest
+
+
 def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(engine, prompts):
     seeded = SamplingParams(max_tokens=20, temperature=1.5, seed=1234, ignore_eos=True)
     alone = engine.generate([prompts[2]], seeded)[0].token_ids

@@ -44,6 +44,7 @@ from trtbuild.runtime.guided import grammar_processors
 from trtbuild.runtime.sampling import Sampler, SamplerState
 from trtbuild.tokenizer import Tokenizer
 
+PREFILL_GROUP_TOKENS_CPU = 512  # see TorchEngine.prefill_tokens
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -237,6 +238,14 @@ class TorchEngine(Engine):
         build = manifest.build
         self.max_batch_size = int(build["max_batch_size"])
         self.max_num_tokens = int(build.get("max_num_tokens") or 0) or None
+        # Prompts are prefilled in groups of at most this many (padded) tokens, and each group's first
+        # tokens go out as soon as it is done: on the CPU a 1024-token forward is no cheaper per token than
+        # two of 512, so a burst of new requests gets its first tokens in turn instead of all at the end.
+        # Measured (tiny model, 64-token prompts arriving together, busy 2-core box): TTFT p50 140 -> 104 ms
+        # for 16 requests, 295 -> 170 ms for 32, the burst's last token no later; groups of 256 or 128
+        # tokens pay the LM head and per-forward overhead once more per group and lose again.
+        budget = PREFILL_GROUP_TOKENS_CPU if self.device == "cpu" else None
+        self.prefill_tokens = min(filter(None, (budget, self.max_num_tokens)), default=None)
         max_seq_len = int(build["max_seq_len"])
         precision = dict(manifest.precision, compute_dtype=DTYPE_NAMES[self.model.dtype], device=self.device)
         self.info = EngineInfo(
@@ -363,10 +372,10 @@ class TorchEngine(Engine):
         req.stream.mark_scheduled()
 
     def _prefill(self, requests: list[_Request]) -> None:
-        """Right-padded batches of whole prompts, each at most max_num_tokens padded tokens."""
+        """Right-padded batches of whole prompts, shortest first, each at most prefill_tokens padded tokens."""
         group: list[_Request] = []
         for req in sorted(requests, key=lambda r: len(r.prompt)):  # ascending: req is the longest so far
-            if group and self.max_num_tokens and len(req.prompt) * (len(group) + 1) > self.max_num_tokens:
+            if group and self.prefill_tokens and len(req.prompt) * (len(group) + 1) > self.prefill_tokens:
                 self._prefill_group(group)
                 group = []
             group.append(req)
