@@ -170,17 +170,22 @@ class TorchModel:
                        self.dtype, self.device, self.kv_scales)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor, starts: torch.Tensor,
-                last: torch.Tensor | None = None, run: slice | None = None) -> torch.Tensor:
+                last: torch.Tensor | None = None, run: slice | None = None, fresh: bool = False) -> torch.Tensor:
         """tokens [B, n] at positions starts[b] + (0..n-1) of cache slots[b] -> float32 logits of the
         positions `last` selects in each row: last [B] -> [B, V]; last [B, k] -> [B, k, V]; None -> [B, n, V].
-        run: slice(first, first + B) when slots are exactly those (attention then reads a view)."""
+        run: slice(first, first + B) when slots are exactly those (attention then reads a view).
+        fresh: every start is 0 (whole prompts, right-padded): plain causal attention, no mask."""
         m = self.hf.model
         batch, n = tokens.shape
         positions = starts[:, None] + torch.arange(n, device=self.device)  # [B, n]
-        upto = int(positions.max()) + 1
+        upto = n if fresh else int(positions.max()) + 1
         # Query j of row b sees cached positions <= its own position: causal within the new tokens, and
-        # blind to another row's longer history or to padding written past its own length.
-        mask = torch.arange(upto, device=self.device)[None, None, None, :] <= positions[:, None, :, None]
+        # blind to another row's longer history or to padding written past its own length. From position
+        # 0 that is the causal mask itself (a valid query never sees its row's padding, which comes later),
+        # which attention applies without a [B, 1, n, n] mask to build and read (prefill 5-10% faster).
+        mask = None
+        if not fresh:
+            mask = torch.arange(upto, device=self.device)[None, None, None, :] <= positions[:, None, :, None]
         x = m.embed_tokens(tokens)
         cos, sin = m.rotary_emb(x, positions)
         for i, layer in enumerate(m.layers):
@@ -199,7 +204,7 @@ class TorchModel:
         v = attn.v_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = cache.update(layer, slots, positions, k, v, upto, run)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         return attn.o_proj(out.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
 
 
@@ -299,7 +304,8 @@ class TorchEngine(Engine):
         zero = torch.zeros(1, dtype=torch.long, device=self.device)
         predicting = torch.arange(len(prompt_ids) - 1, len(ids) - 1, device=self.device)[None]
         with torch.inference_mode():
-            logits = self.model.forward(torch.tensor([ids], device=self.device), cache, zero, zero, last=predicting)
+            logits = self.model.forward(torch.tensor([ids], device=self.device), cache, zero, zero, last=predicting,
+                                        fresh=True)
         return torch.log_softmax(logits[0], dim=-1).cpu().numpy()
 
     @property
@@ -389,7 +395,7 @@ class TorchEngine(Engine):
             req.length = len(req.prompt)
         logits = self.model.forward(tokens.to(self.device), self._cache, self._slots(group),
                                     torch.zeros(len(group), dtype=torch.long, device=self.device),
-                                    last=self._tensor([r.length - 1 for r in group]))
+                                    last=self._tensor([r.length - 1 for r in group]), fresh=True)
         self._sample(group, logits)
 
     def _decode(self, requests: list[_Request]) -> None:
