@@ -129,7 +129,8 @@ class LMHead:
     x @ W^T   1.4   2.4   8.1   9.9  16.8   (MKL, weight pre-transposed to a contiguous [H, V])
     oneDNN    2.4   2.6   3.6   4.0   9.1   (weight packed once for oneDNN's blocked GEMM)
     So one row (a batch-1 decode step: a GEMV, memory-bound) reads a contiguous [H, V] copy, and more rows
-    use the oneDNN-packed weight. Elsewhere (CUDA, no oneDNN, other dtypes) the module's own weight."""
+    use the oneDNN-packed weight. Elsewhere (CUDA, no oneDNN, other dtypes) the module's own weight.
+    Cost: two more LM-head-sized buffers in CPU memory (64 MB for the tiny model, ~1 GB for a 7B in fp32)."""
 
     def __init__(self, linear: torch.nn.Linear):
         self.linear = linear
