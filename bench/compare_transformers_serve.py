@@ -10,12 +10,24 @@
 The same checkpoint for both: the engine's own model directory (config.json, safetensors), plus a Hugging
 Face tokenizer converted from its tokenizer.model.v3 (checked to encode like mistral-common on sample
 texts and on every benchmark prompt; mismatches are reported). The same load for both: `trtbuild bench`'s
-online client (streaming /v1/completions, text prompts of exact length, max_tokens = min_tokens =
---output-len with ignore_eos, usage counts), closed loop at each --streams level, at each temperature.
+online client (streaming /v1/completions, text prompts of exact length, usage counts), closed loop at
+each --streams level, at each temperature; per level the same as
+    trtbuild bench --url URL --model MODEL --concurrency 16 --temperature 1 --input-len 64 --output-len 64 \
+        --num-requests 64 --warmup 4
 Fairness on a small machine: one server at a time, pinned to the first CPU, the client on the others;
 servers alternate order every round. Prints a Markdown table (output tok/s, TTFT p50, the ratio) and
 writes comparison.json. Done-when of issue 13: trtbuild >= 1.5x transformers serve's output tok/s at 16
 and 32 streams, temperature 0 and 1.0, TTFT p50 no worse, two rounds in a row.
+
+Two facts about transformers serve (5.24) that decide what a fair run is:
+- Its continuous-batching manager takes its sampling settings (do_sample, temperature, top-k/top-p) from
+  the FIRST request it serves and keeps them; later requests' temperatures are ignored (its own TODO:
+  "Remove when CB supports per-request generation config"). So the server is started once per
+  temperature, and its first request (the readiness probe) carries `generation_config` with that
+  temperature: do_sample only for T > 0, no top-k/top-p (full-vocabulary sampling, as OpenAI and trtbuild).
+- It answers 422 to ignore_eos and min_tokens (unknown fields). Its lever for exact lengths is the
+  request's `generation_config` JSON: eos_token_id -1 disables EOS for that request (a per-request field of
+  its CB requests), so both servers generate exactly --output-len tokens (checked: lengths from usage).
 """
 
 from __future__ import annotations
@@ -75,9 +87,16 @@ def prompt_mismatches(model_dir: Path, spec) -> int:
     return sum(len(hf(r.prompt_text)["input_ids"]) != r.input_len for r in build_requests(Tokenizer.v3(), spec))
 
 
+def tf_generation_config(temperature: float) -> str:
+    """transformers serve's per-request generation_config: EOS off (exact lengths), this temperature."""
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    return json.dumps({"eos_token_id": -1, **sampling})
+
+
 class TransformersServe:
-    def __init__(self, venv: Path, model_dir: Path, cpus: set[int] | None, log: Path):
+    def __init__(self, venv: Path, model_dir: Path, cpus: set[int] | None, log: Path, temperature: float):
         self.venv, self.model_dir, self.cpus, self.log = venv, model_dir, cpus, log
+        self.temperature = temperature
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = str(model_dir)  # transformers serve loads the model a request names
@@ -95,9 +114,10 @@ class TransformersServe:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"transformers serve exited: {self.log.read_text()[-1500:]}")
-            try:  # one request loads the model (excluded: the bench warms up too)
+            try:  # the first request loads the model and fixes the CB manager's sampling (module docstring)
                 r = httpx.post(self.url + "/v1/completions", timeout=300, json={
-                    "model": self.model, "prompt": "Hello", "max_tokens": 2, "stream": False})
+                    "model": self.model, "prompt": "Hello", "max_tokens": 2, "stream": False,
+                    "temperature": self.temperature, "generation_config": tf_generation_config(self.temperature)})
                 if r.status_code == 200:
                     return self
             except httpx.HTTPError:
@@ -121,7 +141,9 @@ def bench(ws, url: str, model: str, spec, streams: int) -> dict:
                               out_dir=Path(tempfile.mkdtemp(prefix="tfcmp-")))[0].summary
     return {"output_tok_s": round(result.throughput["output_tokens_per_s"], 1),
             "ttft_p50_ms": round(result.latency_ms["ttft"]["p50"], 1), "valid": result.validity["valid"],
-            "reasons": result.validity["reasons"], "extensions": result.target.get("extensions")}
+            "reasons": result.validity["reasons"], "extensions": result.target.get("extensions"),
+            "length_mismatches": result.counts.get("flagged", {}).get("length_mismatch", 0),
+            "succeeded": result.counts["succeeded"]}
 
 
 def main(argv=None) -> int:
@@ -154,24 +176,29 @@ def main(argv=None) -> int:
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
     rows = []
-    specs = {t: WorkloadSpec(input_len=args.input_len, output_len=args.output_len, num_requests=args.num_requests,
-                             warmup=4, temperature=float(t), endpoint="completions")
-             for t in args.temperatures.split(",")}
-    mismatched = prompt_mismatches(model_dir, next(iter(specs.values())))
-    servers = {"trtbuild": lambda: ServerProcess(engine_dir, ws.root, ["--log-level", "warning"],
-                                                 log_path=out / "trtbuild.log", cpus=server_cpus),
-               "transformers": lambda: TransformersServe(args.tf_venv, model_dir, server_cpus, out / "tfserve.log")}
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+
+    def spec(name: str, t: float) -> WorkloadSpec:
+        extra = {"generation_config": tf_generation_config(t)} if name == "transformers" else None
+        return WorkloadSpec(input_len=args.input_len, output_len=args.output_len, num_requests=args.num_requests,
+                            warmup=4, temperature=t, endpoint="completions", extra_body=extra)
+
+    mismatched = prompt_mismatches(model_dir, spec("trtbuild", 0.0))
+    servers = {"trtbuild": lambda t: ServerProcess(engine_dir, ws.root, ["--log-level", "warning"],
+                                                   log_path=out / "trtbuild.log", cpus=server_cpus),
+               "transformers": lambda t: TransformersServe(args.tf_venv, model_dir, server_cpus,
+                                                           out / "tfserve.log", t)}
     for r in range(args.rounds):
         for name in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
-            with servers[name]() as server:
-                model = server.model
-                for streams in [int(s) for s in args.streams.split(",")]:
-                    for t, spec in specs.items():
-                        got = bench(ws, server.url, model, spec, streams)
-                        rows.append({"round": r + 1, "server": name, "streams": streams, "temperature": float(t),
+            for t in temperatures:  # a fresh server per temperature: transformers serve needs it, so both get it
+                with servers[name](t) as server:
+                    for streams in [int(s) for s in args.streams.split(",")]:
+                        got = bench(ws, server.url, server.model, spec(name, t), streams)
+                        rows.append({"round": r + 1, "server": name, "streams": streams, "temperature": t,
                                      **got, "load_average": os.getloadavg()[0]})
-                        print(f"round {r + 1} {name:12s} {streams:3d} streams T={t}: {got['output_tok_s']:8.1f} tok/s, "
-                              f"TTFT p50 {got['ttft_p50_ms']:.1f} ms (load {os.getloadavg()[0]:.1f})",
+                        print(f"round {r + 1} {name:12s} {streams:3d} streams T={t:g}: {got['output_tok_s']:8.1f} "
+                              f"tok/s, TTFT p50 {got['ttft_p50_ms']:.1f} ms, {got['succeeded']} ok, "
+                              f"{got['length_mismatches']} wrong lengths (load {os.getloadavg()[0]:.1f})",
                               file=sys.stderr, flush=True)
     table = ["| round | load | trtbuild serve | transformers serve CB | ratio | TTFT p50 no worse |", "|---|---|---|---|---|---|"]
     for row in rows:

@@ -186,6 +186,27 @@ def test_cli_chat_endpoint_from_the_environment(ws, capsys, monkeypatch):
     assert summary.workload["endpoint"] == "chat" and summary.counts["succeeded"] == 2
 
 
+def test_cli_temperature_is_sent_and_recorded(ws, capsys, monkeypatch):
+    from trtbuild.bench import online
+
+    sent = []
+    real = online.request_body
+    monkeypatch.setattr(online, "request_body", lambda *a, **k: sent.append(real(*a, **k)) or sent[-1])
+    with nullserver() as url:
+        code, lines = run_cli(capsys, "--workspace", str(ws.root), "bench", "--url", url, "--model", "null",
+                              "--num-requests", "2", "--input-len", "12", "--output-len", "3", "--no-progress",
+                              "--temperature", "1")
+        assert code == 0
+        assert load_run(lines[lines.index("STDERR:") - 1]).summary.workload["temperature"] == 1.0
+        assert {b["temperature"] for b in sent[-3:]} == {1.0}  # the measured requests (the probe is greedy)
+        monkeypatch.setenv("TRTBUILD_BENCH_TEMPERATURE", "0.7")
+        code, lines = run_cli(capsys, "--workspace", str(ws.root), "bench", "--url", url, "--model", "null",
+                              "--num-requests", "1", "--input-len", "12", "--output-len", "3", "--no-progress")
+        assert code == 0 and load_run(lines[lines.index("STDERR:") - 1]).summary.workload["temperature"] == 0.7
+    code, lines = run_cli(capsys, "--workspace", str(ws.root), "bench", "fp16", "--temperature", "-1")
+    assert code != 0 and any("--temperature" in line for line in lines)
+
+
 def test_summary_schema_round_trip(ws, tmp_path):
     with nullserver() as url:
         (result,) = run_online_bench(ws, [url], "null", WorkloadSpec(input_len=8, output_len=3, num_requests=3),

@@ -66,6 +66,18 @@ def test_load_engine_reports_a_torch_engine_with_manifest_limits(engine, engine_
     assert engine.model.hf.model.embed_tokens.weight.dtype == torch.float32
 
 
+def test_the_cpu_lm_head_kernels_equal_the_linear_layer(engine):
+    head = engine.model.lm_head  # batch 1: a pre-transposed GEMV; more rows: oneDNN's packed GEMM
+    assert head.by_column is not None and (head.packed is not None or not torch.backends.mkldnn.is_available())
+    weight = engine.model.hf.lm_head.weight
+    for shape in ((1, 256), (3, 256), (8, 256), (2, 5, 256)):
+        x = torch.randn(*shape[:-1], weight.shape[1], generator=torch.Generator().manual_seed(len(shape)))
+        with torch.inference_mode():
+            got, want = head(x), torch.nn.functional.linear(x, weight)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_greedy_alone_equals_transformers_generate(engine, prompts, hf_greedy):
     for ids, expected in list(zip(prompts, hf_greedy))[::3]:
         result = engine.generate([ids], GREEDY)[0]
@@ -80,6 +92,22 @@ def test_greedy_in_a_batch_of_8_equals_transformers_generate(engine, prompts, hf
     # All eight were running together: every one was scheduled before the first one finished.
     assert max(r.timings.scheduled_ns for r in results) < min(r.timings.finished_ns for r in results)
     assert any(len(r.token_ids) > 8 for r in results)
+
+
+def test_a_burst_is_prefilled_in_groups_within_the_token_budget(engine, prompts, hf_greedy, monkeypatch):
+    groups = []
+    prefill_group = engine._prefill_group
+    monkeypatch.setattr(engine, "_prefill_group", lambda group: groups.append(group) or prefill_group(group))
+    budget = 3 * max(len(p) for p in prompts)
+    monkeypatch.setattr(engine, "prefill_tokens", budget)
+    with engine._cv:  # all eight are waiting when the engine thread next looks: one admission, one burst
+        streams = [engine.submit(ids, GREEDY) for ids in prompts]
+    assert [s.result().token_ids for s in streams] == hf_greedy
+    sizes = [len(g) for g in groups]
+    assert sum(sizes) == len(prompts) and len(sizes) > 1
+    assert all(len(g) * max(len(r.prompt) for r in g) <= budget for g in groups)
+    lengths = [len(r.prompt) for g in groups for r in g]
+    assert lengths == sorted(lengths)  # shortest prompts first: their first tokens come soonest
 
 
 def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(engine, prompts):

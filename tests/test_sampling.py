@@ -8,7 +8,7 @@ import math
 import torch
 
 from trtbuild.runtime.interface import SamplingParams
-from trtbuild.runtime.sampling import TOP_P_CANDIDATES, Sampler, top_candidates, uniform
+from trtbuild.runtime.sampling import TOP_P_CANDIDATES, Sampler, argmax_rows, top_candidates, uniform
 
 EOS = 2
 VOCAB = 50
@@ -280,3 +280,16 @@ def test_blocked_top_candidates_equal_torch_topk():
         vals, ids = top_candidates(x, k)
         want = torch.topk(x, k, dim=-1)
         assert torch.equal(vals, want.values) and torch.equal(ids, want.indices)
+
+
+def test_blocked_argmax_equals_torch_argmax_ties_and_nan_included():
+    x = torch.randn(7, 32768, generator=torch.Generator().manual_seed(9))
+    x[1, [300, 5, 7000]] = 99.0  # ties: the first index wins
+    x[2, 1000], x[2, 20000] = float("nan"), 1e9  # NaN counts as the largest, as in torch.argmax
+    x[3, -1] = float("inf")
+    x[4] = 0.0  # all equal
+    x[5, :] = float("-inf")
+    assert torch.equal(argmax_rows(x), x.argmax(-1))
+    assert torch.equal(argmax_rows(x[:1]), x[:1].argmax(-1))
+    odd = torch.randn(3, VOCAB)  # not a multiple of the block: torch's own argmax
+    assert torch.equal(argmax_rows(odd), odd.argmax(-1))

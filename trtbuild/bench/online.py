@@ -62,6 +62,7 @@ def request_body(req: BenchRequest, model: str, spec: WorkloadSpec, extensions: 
     if spec.ignore_eos and extensions.get("ignore_eos"):
         body["ignore_eos"] = True
         body["min_tokens"] = req.output_len
+    body.update(spec.extra_body or {})
     return body
 
 

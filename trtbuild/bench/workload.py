@@ -43,6 +43,9 @@ class WorkloadSpec:
     # online: "completions" (the default there) or "chat"; None offline: the ids go straight to the engine
     endpoint: str | None = None
     temperature: float = 0.0  # the sampling asked for (greedy), online and offline; recorded with the run
+    # online: fields added to every request body, for a server's own knobs (e.g. transformers serve's
+    # generation_config, its lever for exact lengths: bench/compare_transformers_serve.py)
+    extra_body: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -69,6 +69,10 @@ def _ms(intervals: dict, key: str) -> str:
 @click.option("--dataset", type=click.Path(dir_okay=False), default=None,
               help='JSONL: {"task_id","input_ids","output_tokens"} (trtllm-bench) or {"prompt","output_tokens"}.')
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds prompts and arrivals.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              envvar="TRTBUILD_BENCH_TEMPERATURE",
+              help="Sampling temperature of every request: 0 = greedy, 1.0 = OpenAI's default; recorded with the "
+                   "run [env TRTBUILD_BENCH_TEMPERATURE].")
 @click.option("--slo", default=None, envvar="TRTBUILD_SLO", help="Latency targets, e.g. ttft=500,tpot=50,e2e=5000 "
                                                                  "(ms) [env TRTBUILD_SLO].")
 @click.option("--endpoint", type=click.Choice(["completions", "chat"]), default="completions", show_default=True,
@@ -88,8 +92,8 @@ def _ms(intervals: dict, key: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the run summaries as JSON.")
 @click.pass_obj
 def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arrival, burstiness, num_requests,
-              duration, trials, warmup, input_len, output_len, dataset, seed, slo, endpoint, prompt_format, timeout,
-              client_workers, progress, as_json):
+              duration, trials, warmup, input_len, output_len, dataset, seed, temperature, slo, endpoint, prompt_format,
+              timeout, client_workers, progress, as_json):
     """Benchmark ENGINE offline (in-process), or a server online with --url.
 
     \b
@@ -130,7 +134,7 @@ def bench_cmd(ws, engine, urls, model, api_key, concurrency, request_rate, arriv
         raise TrtbuildError("--client-workers applies to online runs only (offline, the engine stamps its own "
                             "tokens); add --url URL --model NAME, or drop it")
     spec = WorkloadSpec(input_len=input_len, output_len=output_len, dataset=dataset, num_requests=num_requests,
-                        warmup=warmup, seed=seed, endpoint=endpoint if urls else None)
+                        warmup=warmup, seed=seed, endpoint=endpoint if urls else None, temperature=temperature)
     targets = SLO.parse(slo)
     if urls:
         from trtbuild.bench.online import run_online_bench
