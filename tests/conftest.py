@@ -3,9 +3,9 @@
 Set TRTBUILD_TEST_WORKSPACE to reuse a workspace between runs (the tiny model and engines are then
 cache hits); CI leaves it unset and builds everything from scratch in a temporary directory.
 
-`make test` runs the files on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's module fixtures,
+`make test` runs the files on three pytest-xdist workers (`-n 3 --dist loadfile`: a file's module fixtures,
 its servers, stay on one worker). The workers share one workspace; whichever first needs the tiny model
-or the engines builds them under a file lock while the other waits, then both read the cache.
+or the engines builds them under a file lock while the others wait, then all read the cache.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ def xdist_worker(config) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread_per_worker(request):
-    """Two xdist workers on two cores: torch's default of one OpenMP thread per core would give four
-    spinning threads on two cores, which crawl. One each (the engines' runtime uses one thread too)."""
+    """xdist workers on a 2-core machine: torch's default of one OpenMP thread per core would put several
+    spinning threads on each core, which crawl (2 threads on a busy box: 4x slower). One each (the
+    engines' runtime uses one thread too)."""
     if xdist_worker(request.config):
         import torch
 
@@ -145,7 +146,7 @@ LONGEST_FIRST = ["test_haproxy.py", "test_server_features.py", "test_cli_build.p
 
 def pytest_collection_modifyitems(config, items):
     """File order for `--dist loadfile --no-loadscope-reorder`: one file that builds the tiny model first
-    (worker 1 trains it), then every file that needs no model (worker 2 runs them meanwhile), then the
+    (one worker trains it), then every file that needs no model (the others run them meanwhile), then the
     rest, longest first."""
     needs_model = {}
     for item in items:
