@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -76,23 +77,29 @@ def neutral_working_directory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory, request) -> Workspace:
+def run_root(tmp_path_factory, request) -> Path:
+    """The directory this run's workers share: TRTBUILD_TEST_WORKSPACE if set, else a temporary one."""
     root = os.environ.get("TRTBUILD_TEST_WORKSPACE")
     if root:
-        return Workspace(Path(root))
+        return Path(root)
     # Under xdist each worker's basetemp is <run>/popen-gwN: the run's directory is shared by the workers.
     base = tmp_path_factory.getbasetemp()
-    shared = (base.parent if xdist_worker(request.config) else base) / "workspace"
-    shared.mkdir(exist_ok=True)
-    return Workspace(shared)
+    return base.parent if xdist_worker(request.config) else base
+
+
+@pytest.fixture(scope="session")
+def workspace(run_root) -> Workspace:
+    path = run_root if os.environ.get("TRTBUILD_TEST_WORKSPACE") else run_root / "workspace"
+    path.mkdir(parents=True, exist_ok=True)
+    return Workspace(path)
 
 
 @contextlib.contextmanager
-def built_once(workspace: Workspace, what: str):
+def built_once(run_root: Path, what: str):
     """Hold the run's lock for building `what`: the first worker builds, the others then hit its cache."""
     from filelock import FileLock
 
-    with FileLock(str(workspace.root / f".tests-{what}.lock")):
+    with FileLock(str(run_root / f".tests-{what}.lock")):
         yield
 
 
@@ -104,11 +111,11 @@ def tokenizer():
 
 
 @pytest.fixture(scope="session")
-def tiny_model(workspace):
+def tiny_model(workspace, run_root):
     """The embedded default model (builtin:tiny-mistral) as a SourceModel."""
     from trtbuild.models import resolve_source
 
-    with built_once(workspace, "tiny-model"):
+    with built_once(run_root, "tiny-model"):
         return resolve_source(workspace, "builtin:tiny-mistral", progress=False)
 
 
@@ -120,13 +127,40 @@ def profile():
 
 
 @pytest.fixture(scope="session")
-def engine_dirs(workspace, tiny_model, profile) -> dict[str, Path]:
+def engine_dirs(workspace, tiny_model, profile, run_root) -> dict[str, Path]:
     """Engine directories of every variant of the cpu-tiny profile, built by the torch backend."""
     from trtbuild.compile import compile_engine
 
-    with built_once(workspace, "engines"):
+    with built_once(run_root, "engines"):
         return {name: compile_engine(workspace, settings, tiny_model, backend="torch", progress=False).engine_dir
                 for name, settings in profile.variants.items()}
+
+
+@dataclass(frozen=True)
+class Untrained:
+    workspace: Workspace
+    engine_dirs: dict[str, Path]  # {"fp16": ...}
+    limits: dict  # the build limits, as `limits` below: cpu-tiny's fp16 settings
+
+
+@pytest.fixture(scope="session")
+def untrained(run_root, profile) -> Untrained:
+    """The embedded model's architecture with UNTRAINED weights (one step instead of 600) and its cpu-tiny
+    fp16 engine, in a workspace of its own (two fp16 engines in one would make the name `fp16` ambiguous).
+    Ready in seconds, so the files that test serving, balancing and draining, which never read what the
+    model says, run while the real model is still training. Such a file overrides `workspace`,
+    `engine_dirs` and `limits` with this (see test_haproxy.py)."""
+    from trtbuild.compile import compile_engine
+    from trtbuild.manifest import load_manifest
+    from trtbuild.models import local_source
+    from trtbuild.tiny_model import TinyRecipe, ensure_tiny_model
+
+    ws = Workspace(run_root / "untrained")
+    with built_once(run_root, "untrained"):
+        model = ensure_tiny_model(ws, TinyRecipe(steps=1), progress=False)
+        engine = compile_engine(ws, profile.variants["fp16"], local_source(model), backend="torch",
+                                progress=False).engine_dir
+    return Untrained(ws, {"fp16": engine}, load_manifest(engine).build)
 
 
 @pytest.fixture(scope="session")
@@ -141,13 +175,14 @@ def limits(engine_dirs) -> dict:
 # the other idles. An order only: a file missing here runs after these, in collection order.
 LONGEST_FIRST = ["test_haproxy.py", "test_server_features.py", "test_cli_build.py", "test_doctor.py",
                  "test_server_fuzz.py", "test_lm_eval.py", "test_server.py", "test_validate.py",
-                 "test_fp8_runtime.py", "test_server_limits.py", "test_server_faults.py", "test_report.py"]
+                 "test_fp8_runtime.py", "test_server_limits.py", "test_management_routes.py", "test_server_faults.py",
+                 "test_report.py", "test_bench_workers.py", "test_hostile_environment.py"]
 
 
 def pytest_collection_modifyitems(config, items):
     """File order for `--dist loadfile --no-loadscope-reorder`: one file that builds the tiny model first
-    (one worker trains it), then every file that needs no model (the others run them meanwhile), then the
-    rest, longest first."""
+    (one worker trains it), then every file that needs no trained model, longest first (the others run
+    them meanwhile: `untrained` serves the serving-plumbing ones), then the rest, longest first."""
     needs_model = {}
     for item in items:
         file = item.path.name
@@ -155,6 +190,6 @@ def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     model_files = sorted((f for f, needed in needs_model.items() if needed), key=lambda f: rank.get(f, len(rank)))
     first = "test_tiny_model.py" if "test_tiny_model.py" in model_files else (model_files or [None])[0]
-    order = {f: i for i, f in enumerate([first, *(f for f, needed in needs_model.items() if not needed),
-                                         *(f for f in model_files if f != first)])}
+    model_free = sorted((f for f, needed in needs_model.items() if not needed), key=lambda f: rank.get(f, len(rank)))
+    order = {f: i for i, f in enumerate([first, *model_free, *(f for f in model_files if f != first)])}
     items.sort(key=lambda item: order[item.path.name])  # stable: a file's tests keep their order

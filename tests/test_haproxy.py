@@ -28,6 +28,18 @@ SECONDS, CONCURRENCY, OUTPUT_LEN = 8.0, 4, 16  # short runs: 3 replicas share 2 
 CLEAN_FAILURES = {"connection", "http_502", "stream_error"}  # a cut stream or a proxy error, never a hang
 
 
+# Serving plumbing only: an untrained engine of the same shape (conftest.untrained) serves these tests, so
+# they run while the real model trains.
+@pytest.fixture(scope="module")
+def workspace(untrained):
+    return untrained.workspace
+
+
+@pytest.fixture(scope="module")
+def engine_dirs(untrained):
+    return untrained.engine_dirs
+
+
 @pytest.fixture(scope="module")
 def cluster(workspace, engine_dirs, tmp_path_factory):
     if shutil.which("haproxy") is None:
