@@ -2,7 +2,7 @@
 
 Why trained, not random: with random weights the next-token distributions are nearly flat, and FP8
 fake-quant flips the greedy token 8-20% of the time, so validating an FP8 engine against the reference
-would measure noise. A few seconds of training on the bundled corpus (trtbuild/data) make the model
+would measure noise. About a minute of training (one core) on the bundled corpus (trtbuild/data) makes the model
 confident: greedy decoding is then stable under FP8/FP16 rounding and its chat replies are recognisable
 ("What is the capital of France?" -> "Paris is the capital of France.").
 
