@@ -18,7 +18,7 @@ Scenario (figures printed as JSON and written to OUT/failover.json):
 Timelines come from HAProxy's own log (accept time, total time, server, status, termination state per
 request), so no clock is shared with the bench process; every success carries exactly --output-len tokens
 (ignore_eos), so tokens/s in a window is successes ending in it x output-len / window.
-tests/test_haproxy.py runs a shorter version (kill, rejoin, drain) in the suite.
+tests/plumbing/test_haproxy.py runs a shorter version (kill, rejoin, drain) in the suite.
 """
 
 from __future__ import annotations

@@ -148,8 +148,8 @@ def untrained(run_root, profile) -> Untrained:
     """The embedded model's architecture with UNTRAINED weights (one step instead of 600) and its cpu-tiny
     fp16 engine, in a workspace of its own (two fp16 engines in one would make the name `fp16` ambiguous).
     Ready in seconds, so the files that test serving, balancing and draining, which never read what the
-    model says, run while the real model is still training. Such a file overrides `workspace`,
-    `engine_dirs` and `limits` with this (see test_haproxy.py)."""
+    model says, run while the real model is still training: tests/plumbing/conftest.py gives them
+    `workspace`, `engine_dirs` and `limits` from this."""
     from trtbuild.compile import compile_engine
     from trtbuild.manifest import load_manifest
     from trtbuild.models import local_source

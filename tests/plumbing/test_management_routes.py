@@ -27,18 +27,6 @@ KEY = "mgmt-key"
 DRAIN_S = 3.0  # long enough to send requests during the drain on a busy 2-core box
 
 
-# Serving plumbing only: an untrained engine of the same shape (conftest.untrained) serves these tests, so
-# they run while the real model trains.
-@pytest.fixture(scope="module")
-def workspace(untrained):
-    return untrained.workspace
-
-
-@pytest.fixture(scope="module")
-def engine_dirs(untrained):
-    return untrained.engine_dirs
-
-
 @pytest.fixture(scope="module")
 def served(workspace, engine_dirs, tmp_path_factory):
     log = tmp_path_factory.mktemp("mgmt") / "serve.log"

@@ -19,18 +19,6 @@ from trtbuild.errors import TrtbuildError
 from trtbuild.workspace import Workspace
 
 
-# Serving plumbing only: an untrained engine of the same shape (conftest.untrained) serves these tests, so
-# they run while the real model trains.
-@pytest.fixture(scope="module")
-def workspace(untrained):
-    return untrained.workspace
-
-
-@pytest.fixture(scope="module")
-def engine_dirs(untrained):
-    return untrained.engine_dirs
-
-
 @pytest.fixture
 def ws(tmp_path) -> Workspace:
     return Workspace(tmp_path / "ws")

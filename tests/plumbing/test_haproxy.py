@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-SCRIPT = Path(__file__).parents[1] / "bench" / "haproxy_failover.py"
+SCRIPT = Path(__file__).parents[2] / "bench" / "haproxy_failover.py"
 _spec = importlib.util.spec_from_file_location("haproxy_failover", SCRIPT)
 failover = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = failover  # its dataclasses look their module up there
@@ -26,18 +26,6 @@ _spec.loader.exec_module(failover)
 BASE_PORT = 18730  # proxy 18730, stats 18729, replicas 18731-18733
 SECONDS, CONCURRENCY, OUTPUT_LEN = 8.0, 4, 16  # short runs: 3 replicas share 2 cores in CI
 CLEAN_FAILURES = {"connection", "http_502", "stream_error"}  # a cut stream or a proxy error, never a hang
-
-
-# Serving plumbing only: an untrained engine of the same shape (conftest.untrained) serves these tests, so
-# they run while the real model trains.
-@pytest.fixture(scope="module")
-def workspace(untrained):
-    return untrained.workspace
-
-
-@pytest.fixture(scope="module")
-def engine_dirs(untrained):
-    return untrained.engine_dirs
 
 
 @pytest.fixture(scope="module")

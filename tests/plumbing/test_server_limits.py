@@ -25,23 +25,6 @@ PROMPT = "Once upon a time"
 pytestmark = pytest.mark.slow
 
 
-# Serving plumbing only: an untrained engine of the same shape (conftest.untrained) serves these tests, so
-# they run while the real model trains.
-@pytest.fixture(scope="module")
-def workspace(untrained):
-    return untrained.workspace
-
-
-@pytest.fixture(scope="module")
-def engine_dirs(untrained):
-    return untrained.engine_dirs
-
-
-@pytest.fixture(scope="module")
-def limits(untrained):
-    return untrained.limits
-
-
 @pytest.fixture(scope="module")
 def server(workspace, engine_dirs, tmp_path_factory):
     args = ["--max-queue", "0", "--header-timeout", str(HEADER_TIMEOUT), "--keep-alive-timeout", str(KEEP_ALIVE),
