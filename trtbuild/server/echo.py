@@ -82,12 +82,7 @@ def token_logprobs(texts: TokenTexts, token_ids: Sequence[int], lps: Sequence[fl
                    tops: Sequence[list[tuple[int, float]] | None], top: int, offset: int = 0) -> tuple[dict, int]:
     """Completions logprobs of echoed tokens, each listed by its piece (prompt tokens have no release
     text), and the text offset after them."""
-    tokens, offsets = [], []
-    for token_id in token_ids:
-        text = texts(token_id)[0]
-        tokens.append(text)
-        offsets.append(offset)
-        offset += len(text)
+    tokens, offsets, offset = texts.pieces_with_offsets(token_ids, offset)
     return {
         "tokens": tokens,
         "token_logprobs": [None if lp is None else _finite(lp) for lp in lps],

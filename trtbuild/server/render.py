@@ -80,14 +80,19 @@ class TokenTexts:
         return {"content": content, "refusal": None}
 
     # --- completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"} -----------------------
-    def completion_logprobs(self, token_ids: Sequence[int], logprobs: Sequence[float] | None,
-                            tops: Sequence[list] | None, offset: int = 0) -> dict:
+    def pieces_with_offsets(self, token_ids: Sequence[int], offset: int = 0) -> tuple[list[str], list[int], int]:
+        """Each token's text, the text offset where it starts, and the offset after the last one."""
         tokens, offsets = [], []
         for token_id in token_ids:
             text = self(token_id)[0]
             tokens.append(text)
             offsets.append(offset)
             offset += len(text)
+        return tokens, offsets, offset
+
+    def completion_logprobs(self, token_ids: Sequence[int], logprobs: Sequence[float] | None,
+                            tops: Sequence[list] | None, offset: int = 0) -> dict:
+        tokens, offsets, _ = self.pieces_with_offsets(token_ids, offset)
         return {"tokens": tokens, "token_logprobs": [_finite(lp) for lp in (logprobs or [])],
                 "top_logprobs": [{self(t)[0]: _finite(lp) for t, lp in top} for top in tops] if tops else None,
                 "text_offset": offsets}
