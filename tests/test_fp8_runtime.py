@@ -87,7 +87,7 @@ def our_roundings(engine, prompt, continuation, monkeypatch):
     import trtbuild.runtime.torch_runtime as torch_runtime
 
     linear_codes, kv_codes, hooks = {}, [], []
-    for name, module in engine.model.hf.named_modules():
+    for name, module in engine.model.net.named_modules():
         if isinstance(module, FP8Linear):
             hooks.append(module.register_forward_pre_hook(
                 lambda m, args, name=name: linear_codes.__setitem__(name, round_fp8(args[0], m.input_scale))))
@@ -192,13 +192,13 @@ def test_fp8_engines_hold_fp8_tensors(engines):
     for variant, kv8 in (("fp8", False), ("fp8-kv8", True)):
         engine = engines[variant]
         layers = engine.model.config.num_hidden_layers
-        fp8_linears = [m for m in engine.model.hf.modules() if isinstance(m, FP8Linear)]
+        fp8_linears = [m for m in engine.model.net.modules() if isinstance(m, FP8Linear)]
         assert len(fp8_linears) == 7 * layers  # q, k, v, o, gate, up, down in every layer
         assert all(m.weight.dtype == torch.float8_e4m3fn for m in fp8_linears)
         assert (engine._cache.k.dtype == torch.float8_e4m3fn) is kv8
         assert (engine.model.kv_scales is not None) is kv8
         assert engine.info.precision["weights"] == "float8_e4m3fn"
-    assert not any(isinstance(m, FP8Linear) for m in engines["fp16"].model.hf.modules())
+    assert not any(isinstance(m, FP8Linear) for m in engines["fp16"].model.net.modules())
 
 
 def test_fp8_kv_cache_batched_equals_alone(engines, tokenizer):

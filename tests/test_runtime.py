@@ -63,13 +63,13 @@ def test_load_engine_reports_a_torch_engine_with_manifest_limits(engine, engine_
     assert (info.max_batch_size, info.max_seq_len, info.max_input_len) == (
         settings.max_batch_size, settings.max_seq_len, settings.max_input_len)
     assert info.precision["weights"] == "float16" and info.precision["compute_dtype"] == "float32"
-    assert engine.model.hf.model.embed_tokens.weight.dtype == torch.float32
+    assert engine.model.net.model.embed_tokens.weight.dtype == torch.float32
 
 
 def test_the_cpu_lm_head_kernels_equal_the_linear_layer(engine):
     head = engine.model.lm_head  # batch 1: a pre-transposed GEMV; more rows: oneDNN's packed GEMM
     assert head.by_column is not None and (head.packed is not None or not torch.backends.mkldnn.is_available())
-    weight = engine.model.hf.lm_head.weight
+    weight = engine.model.net.lm_head.weight
     for shape in ((1, 256), (3, 256), (8, 256), (2, 5, 256)):
         x = torch.randn(*shape[:-1], weight.shape[1], generator=torch.Generator().manual_seed(len(shape)))
         with torch.inference_mode():

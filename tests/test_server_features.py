@@ -106,11 +106,16 @@ def test_tool_round_trip_encodes_the_call_and_its_result(server, client):
 def test_tool_choice_none_required_and_named(server, client):
     plain = chat(client, server, messages=ASK_WEATHER, tools=[WEATHER], tool_choice="none").choices[0]
     assert plain.finish_reason != "tool_calls" and not plain.message.tool_calls and isinstance(plain.message.content, str)
+    # A closed schema (no free strings, no extra keys): the grammar leaves the model no room to ramble, so
+    # a forced call of it ends within max_tokens whatever the weights (an open one lets a model that was
+    # never taught this tool write extra keys until max_tokens, and how long it does depends on the weights).
     other = {"type": "function", "function": {"name": "get_time", "parameters": {
-        "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"]}}}
-    question = [{"role": "user", "content": "What is 2 + 3?"}]
-    forced = chat(client, server, messages=question, tools=[WEATHER, other], tool_choice="required").choices[0]
-    assert forced.finish_reason == "tool_calls" and forced.message.tool_calls
+        "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"],
+        "additionalProperties": False}}}
+    question = [{"role": "user", "content": "What is 2 + 3?"}]  # not a question the model answers with a call
+    forced = chat(client, server, messages=question, tools=[other], tool_choice="required",
+                  parallel_tool_calls=False).choices[0]
+    assert forced.finish_reason == "tool_calls" and [c.function.name for c in forced.message.tool_calls] == ["get_time"]
     named = chat(client, server, messages=question, tools=[WEATHER, other],
                  tool_choice={"type": "function", "function": {"name": "get_time"}}).choices[0]
     assert named.finish_reason == "tool_calls"

@@ -2,7 +2,7 @@
 
 Why trained, not random: with random weights the next-token distributions are nearly flat, and FP8
 fake-quant flips the greedy token 8-20% of the time, so validating an FP8 engine against the reference
-would measure noise. About a minute of training (one core) on the bundled corpus (trtbuild/data) makes the model
+would measure noise. About 45 s of training (one core) on the bundled corpus (trtbuild/data) makes the model
 confident: greedy decoding is then stable under FP8/FP16 rounding and its chat replies are recognisable
 ("What is the capital of France?" -> "Paris is the capital of France.").
 
@@ -13,6 +13,11 @@ output columns instead of 32768. (Rows left at zero would force every useful log
 the trained row lets them sit lower, and FP8 noise grows with the logits' size: margin noise 0.28 vs 0.33.)
 Small batches, many steps: at a fixed compute budget the number of updates is what makes a tiny model
 confident (2 layers x 600 steps of 4 x 128 tokens: loss 0.09; 4 layers x 150 steps of 6 x 256: 0.93).
+Document-masked windows: a window packs several documents, and each token sees only its own document,
+from position 0, as it will when served. Per step of compute this memorises far more: 400 steps recall
+165 of the corpus's 177 chat replies exactly, against 132 for 600 steps of plain causal windows.
+The forward is trtbuild.runtime.mistral's (the one the torch runtime serves; transformers' modules give
+bit-identical activations here), initialised and saved through transformers' MistralForCausalLM.
 
 Deterministic: fixed seed, fixed thread count, fixed step count; the same machine and library versions
 give byte-identical weights (tests hash two creations). The cache directory name hashes the recipe, the
@@ -54,7 +59,7 @@ class TinyRecipe:
     seq_len: int = 128  # training windows, each starting at a document's BOS (the longest chats, tool calls,
     # are 95-99 tokens). 104 or 112 cost 16% / 9% less but memorised fewer corpus replies (116, 93 of 177 vs 132)
     batch_size: int = 4  # small batches, many steps: more updates per second of CPU
-    steps: int = 600
+    steps: int = 400  # document-masked: 400 / 450 / 600 steps recall 165 / 169 / 170 of 177 corpus replies
     lr: float = 4e-3
     warmup_steps: int = 10
     seed: int = 0
@@ -72,7 +77,9 @@ def cache_key(recipe: TinyRecipe) -> str:
     # The training code too: a change to it changes the weights even when the recipe stays the same
     # (only the code that makes the weights: editing measure_quality must not rebuild every engine).
     # encode_sample turns the corpus into token ids (tools and tool calls included): it is training code.
-    makers = (mistral_config, create_tiny_model, _train, encode_sample)
+    from trtbuild.runtime import mistral
+
+    makers = (mistral_config, create_tiny_model, _train, _document_windows, encode_sample, mistral)
     code = hashlib.sha256("".join(inspect.getsource(f) for f in makers).encode()).hexdigest()
     return canonical_hash({"recipe": recipe.to_dict(), "corpus": corpus_hash(), "code": code,
                            "torch": versions["torch"], "transformers": versions["transformers"]})[:16]
@@ -102,9 +109,10 @@ def mistral_config(recipe: TinyRecipe):
 
 def create_tiny_model(out_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool = True) -> dict:
     """Build, train and save the model into out_dir (config.json, model.safetensors, tokenizer)."""
-    from transformers import MistralForCausalLM
+    import transformers
 
     from trtbuild.data import corpus_hash, corpus_samples, encode_sample
+    from trtbuild.runtime.mistral import MistralConfig, MistralForCausalLM
     from trtbuild.tokenizer import Tokenizer
 
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -113,9 +121,12 @@ def create_tiny_model(out_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress
     documents = [ids if ids[-1] == tokenizer.eos_id else ids + [tokenizer.eos_id]
                  for ids in (encode_sample(tokenizer, s) for s in corpus_samples())]
     with _deterministic(recipe):
-        model = MistralForCausalLM(mistral_config(recipe))
+        hf_model = transformers.MistralForCausalLM(mistral_config(recipe))  # its initialisation, its file format
+        model = MistralForCausalLM(MistralConfig.from_dict(hf_model.config.to_dict()))
+        model.load_state_dict(hf_model.state_dict())
         losses = _train(model, documents, recipe, progress)
-        model.save_pretrained(out_dir, safe_serialization=True)
+        hf_model.load_state_dict(model.state_dict())
+        hf_model.save_pretrained(out_dir, safe_serialization=True)
     _copy_tokenizer(out_dir)
     info = {"name": NAME, "recipe": recipe.to_dict(), "corpus_sha256": corpus_hash(),
             "corpus_tokens": sum(map(len, documents)), "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
@@ -135,9 +146,7 @@ def _train(model, documents: list[list[int]], recipe: TinyRecipe, progress: bool
     active = sorted({t for doc in documents for t in doc})
     index = {t: i for i, t in enumerate(active)}
     vocab = model.config.vocab_size
-    stream = torch.tensor([index[t] for doc in documents for t in doc])
-    starts = torch.tensor([0, *itertools.accumulate(len(d) for d in documents)][:-1])
-    starts = starts[starts + recipe.seq_len + 1 <= len(stream)]  # windows begin at a document start (BOS)
+    windows = _document_windows([[index[t] for t in doc] for doc in documents], recipe.seq_len)
     active_ids = torch.tensor(active)
     embed = torch.nn.Parameter(model.model.embed_tokens.weight.detach()[active_ids].clone())
     head = torch.nn.Parameter(model.lm_head.weight.detach()[active_ids].clone())
@@ -157,11 +166,10 @@ def _train(model, documents: list[list[int]], recipe: TinyRecipe, progress: bool
     model.train()
     bar = tqdm(range(recipe.steps), desc="training tiny-mistral", disable=not progress, unit="step")
     for _ in bar:
-        offsets = starts[torch.randint(len(starts), (recipe.batch_size,), generator=generator)]
-        window = torch.stack([stream[o: o + recipe.seq_len + 1] for o in offsets.tolist()])
-        hidden = model.model(inputs_embeds=embed[window[:, :-1]]).last_hidden_state
+        tokens, positions, mask = windows(torch.randint(windows.count, (recipe.batch_size,), generator=generator))
+        hidden = model.model(embed[tokens[:, :-1]], positions, mask)
         logits = torch.cat([hidden @ head.T, log_unused + hidden @ others_row[:, None]], dim=-1)
-        loss = F.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(body + [embed, head, others_row], 1.0)
@@ -175,6 +183,28 @@ def _train(model, documents: list[list[int]], recipe: TinyRecipe, progress: bool
         model.lm_head.weight[:] = others_row.detach()
         model.lm_head.weight[active_ids] = head.detach()
     return losses
+
+
+def _document_windows(documents: list[list[int]], seq_len: int):
+    """Training windows over the concatenated documents, each starting at a document's first token:
+    windows(picks) -> tokens [B, seq_len + 1], positions [B, seq_len] (restarting at 0 in each document)
+    and the attention mask [B, 1, seq_len, seq_len] (causal, within a document only)."""
+    import torch
+
+    stream = torch.tensor([t for doc in documents for t in doc])
+    doc_of = torch.cat([torch.full((len(doc),), i) for i, doc in enumerate(documents)])
+    doc_starts = torch.tensor([0, *itertools.accumulate(map(len, documents))][:-1])
+    position = torch.arange(len(stream)) - doc_starts[doc_of]
+    starts = doc_starts[doc_starts + seq_len + 1 <= len(stream)]
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+
+    def windows(picks):
+        index = starts[picks, None] + torch.arange(seq_len + 1)
+        docs = doc_of[index[:, :-1]]
+        return stream[index], position[index[:, :-1]], ((docs[:, :, None] == docs[:, None, :]) & causal)[:, None]
+
+    windows.count = len(starts)
+    return windows
 
 
 @contextmanager

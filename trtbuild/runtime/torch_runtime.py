@@ -4,9 +4,9 @@
     stream = engine.submit(prompt_ids, SamplingParams(max_tokens=32, temperature=0))
 
 How it works (gpt-fast style, the whole hot path is in this file):
-- Weights and modules come from transformers' MistralForCausalLM (embeddings, norms, q/k/v/o and MLP
-  projections, rotary embedding); FP8 checkpoints get FP8Linear layers (trtbuild.runtime.fp8).
-  Attention is our own, over our own KV cache.
+- Weights load into plain-torch Mistral modules (trtbuild.runtime.mistral: transformers' parameter names
+  and math, without its import cost); FP8 checkpoints get FP8Linear layers (trtbuild.runtime.fp8).
+  Attention here runs over our own KV cache.
 - The KV cache is preallocated: [layers, max_batch_size, kv_heads, max_seq_len, head_dim] for keys and for
   values, one slot per running request. Each step writes the new keys/values at the request's positions,
   then attends over cache[slot, :, :max_len] with a mask that hides every position past the request's own
@@ -33,11 +33,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, verify_engine
 from trtbuild.runtime.fp8 import FP8, install_fp8_linears, kv_cache_scales, round_fp8
+from trtbuild.runtime.mistral import MistralConfig, MistralForCausalLM, apply_rotary
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
                                         SamplingParams, batched_wakeups)
 from trtbuild.runtime.guided import grammar_processors
@@ -55,17 +55,9 @@ def default_device() -> str:
 def load_checkpoint(model_dir: Path, device: str):
     """A Hugging Face Mistral checkpoint (plain or modelopt FP8 export) on `device` ->
     (model, FP8 KV scales or None, stored weight dtype, compute dtype, number of FP8 linears)."""
-    from accelerate import init_empty_weights
     from safetensors.torch import load_file
-    from transformers import AutoConfig, MistralForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
-    if getattr(config, "model_type", None) != "mistral":
-        raise TrtbuildError(f"{model_dir} holds a {getattr(config, 'model_type', '?')} model; the torch backend runs Mistral")
-    if getattr(config, "sliding_window", None):
-        raise TrtbuildError(f"{model_dir} uses sliding-window attention, which the torch backend does not implement")
-    if hasattr(config, "quantization_config"):  # modelopt's format: we apply the scales ourselves (fp8.py)
-        del config.quantization_config
+    config = MistralConfig.from_model_dir(model_dir)  # modelopt's quantization_config: fp8.py applies the scales
     tensors: dict[str, torch.Tensor] = {}
     for file in sorted(model_dir.glob("*.safetensors")):
         tensors.update(load_file(file))
@@ -73,14 +65,14 @@ def load_checkpoint(model_dir: Path, device: str):
         raise TrtbuildError(f"{model_dir} has no model weights (model.embed_tokens.weight); rebuild the engine")
     weight_dtype = tensors["model.embed_tokens.weight"].dtype
     dtype = weight_dtype if device.startswith("cuda") else torch.float32
-    with init_empty_weights():
+    with torch.device("meta"):  # no memory for weights that the checkpoint replaces next
         model = MistralForCausalLM(config)
     fp8_layers = install_fp8_linears(model, tensors)
     kv_scales = kv_cache_scales(tensors, config.num_hidden_layers)
+    if config.tie_word_embeddings and "lm_head.weight" not in tensors:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
     missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=False,
                                                 assign=True)
-    if config.tie_word_embeddings:
-        model.tie_weights()
     fp8_buffers = {f"{n}.{s}" for n in fp8_layers for s in ("weight", "weight_scale", "input_scale")}
     still_empty = [n for n, p in model.named_parameters() if p.is_meta]
     if unexpected or still_empty:
@@ -153,18 +145,18 @@ class LMHead:
 
 
 class TorchModel:
-    """Mistral forward over a slot-indexed KV cache, built from transformers' modules."""
+    """Mistral forward over a slot-indexed KV cache (the modules of trtbuild.runtime.mistral)."""
 
     def __init__(self, model_dir: Path, device: str):
         self.device = device
-        self.hf, self.kv_scales, self.weight_dtype, self.dtype, self.num_fp8_linears = load_checkpoint(model_dir, device)
-        cfg = self.hf.config
+        self.net, self.kv_scales, self.weight_dtype, self.dtype, self.num_fp8_linears = load_checkpoint(model_dir, device)
+        cfg = self.net.config
         self.config = cfg
         self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = cfg.head_dim
         if self.kv_scales is not None:
             self.kv_scales = self.kv_scales.to(device)
-        self.lm_head = LMHead(self.hf.lm_head)
+        self.lm_head = LMHead(self.net.lm_head)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return KVCache(self.config.num_hidden_layers, batch, self.num_kv_heads, max_len, self.head_dim,
@@ -176,7 +168,7 @@ class TorchModel:
         positions `last` selects in each row: last [B] -> [B, V]; last [B, k] -> [B, k, V]; None -> [B, n, V].
         run: slice(first, first + B) when slots are exactly those (attention then reads a view).
         fresh: every start is 0 (whole prompts, right-padded): plain causal attention, no mask."""
-        m = self.hf.model
+        m = self.net.model
         batch, n = tokens.shape
         positions = starts[:, None] + torch.arange(n, device=self.device)  # [B, n]
         upto = n if fresh else int(positions.max()) + 1
@@ -203,7 +195,7 @@ class TorchModel:
         q = attn.q_proj(h).view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = apply_rotary(q, k, cos, sin)
         keys, values = cache.update(layer, slots, positions, k, v, upto, run)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         return attn.o_proj(out.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
