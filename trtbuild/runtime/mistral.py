@@ -151,7 +151,11 @@ class DecoderLayer(nn.Module):
 class MistralModel(nn.Module):
     def __init__(self, config: MistralConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Left uninitialised: the weights come from a checkpoint (load_checkpoint builds on the meta device,
+        # where nn.Embedding's own normal_ init would import torch._dynamo: ~1.8 CPU-s per server start)
+        # or from transformers' initialisation (the tiny model's training).
+        vocab, hidden = config.vocab_size, config.hidden_size
+        self.embed_tokens = nn.Embedding(vocab, hidden, _weight=torch.empty(vocab, hidden))
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
