@@ -25,9 +25,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def validated(workspace, engine_dirs):
+def own_engines(engine_dirs, tmp_path_factory) -> dict[str, Path]:
+    """Copies of the session's engines that only this module validates: validation writes validation.json
+    and the manifest next to the engine, and other files on other workers (test_doctor's smoke, `trtbuild
+    run` in test_cli_build) validate the session's engines meanwhile; the last writer would win."""
+    root = tmp_path_factory.mktemp("own-engines")
+    return {variant: Path(shutil.copytree(path, root / path.name)) for variant, path in engine_dirs.items()}
+
+
+@pytest.fixture(scope="module")
+def validated(workspace, own_engines):
     """The bundled-set validation of every variant, run once for this module."""
-    return {variant: validate_engine(workspace, path, progress=False) for variant, path in engine_dirs.items()}
+    return {variant: validate_engine(workspace, path, progress=False) for variant, path in own_engines.items()}
 
 
 def damaged_copy(engine_dir: Path, dest: Path, edit) -> Path:
@@ -70,7 +79,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 # --- the done-when criteria ---------------------------------------------------------------------
 
-def test_fp16_engine_matches_the_fp32_reference_token_for_token(validated, engine_dirs, tokenizer):
+def test_fp16_engine_matches_the_fp32_reference_token_for_token(validated, own_engines, tokenizer):
     result = validated["fp16"]
     m = result.metrics
     assert result.passed, result.failures
@@ -88,7 +97,7 @@ def test_fp16_engine_matches_the_fp32_reference_token_for_token(validated, engin
     first = bundled_prompts()[0]
     assert result.prompts[0].prompt_sha256 == prompt_hash(first.encode(tokenizer))
     # Written next to the engine, referenced from its manifest, read back identically.
-    engine_dir = engine_dirs["fp16"]
+    engine_dir = own_engines["fp16"]
     assert load_manifest(engine_dir).results["validation"] == "validation.json"
     assert load_validation(engine_dir).to_dict() == result.to_dict()
     assert json.loads((engine_dir / "validation.json").read_text())["verdict"] == "pass"
@@ -159,8 +168,8 @@ def small_prompts(tmp_path) -> Path:
     return path
 
 
-def test_cli_json_options_and_profile(workspace, engine_dirs, small_prompts, tmp_path, capsys):
-    engine = engine_dirs["fp16"]
+def test_cli_json_options_and_profile(workspace, own_engines, small_prompts, tmp_path, capsys):
+    engine = own_engines["fp16"]
     profile = tmp_path / "strict.toml"
     profile.write_text('[validation.fp16]\nmin_top1 = 0.97\nmin_exact_match = 1.0\n')
     code, out, _ = run_cli(capsys, "--workspace", str(workspace.root), "validate", str(engine), "--prompts",

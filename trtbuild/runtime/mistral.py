@@ -1,4 +1,5 @@
-"""Mistral in plain torch: the modules the torch runtime serves and the tiny model trains.
+"""Mistral in plain torch: the modules the torch runtime serves and the tiny model trains, and
+load_checkpoint, which fills them from a Hugging Face checkpoint (plain, or modelopt's FP8 export).
 
 Parameter names are transformers' MistralForCausalLM names (model.layers.0.self_attn.q_proj.weight, ...),
 so a Hugging Face checkpoint loads as it is and FP8 linears replace the same Linears; the math is the
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trtbuild.errors import TrtbuildError
+from trtbuild.runtime.fp8 import install_fp8_linears, kv_cache_scales
 
 
 @dataclass(frozen=True)
@@ -181,3 +183,32 @@ class MistralForCausalLM(nn.Module):
         self.config = config
         self.model = MistralModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+
+def load_checkpoint(model_dir: Path, device: str):
+    """A Hugging Face Mistral checkpoint (plain or modelopt FP8 export) on `device` ->
+    (model, FP8 KV scales or None, stored weight dtype, compute dtype, number of FP8 linears)."""
+    from safetensors.torch import load_file
+
+    config = MistralConfig.from_model_dir(model_dir)  # modelopt's quantization_config: fp8.py applies the scales
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    if "model.embed_tokens.weight" not in tensors:
+        raise TrtbuildError(f"{model_dir} has no model weights (model.embed_tokens.weight); rebuild the engine")
+    weight_dtype = tensors["model.embed_tokens.weight"].dtype
+    dtype = weight_dtype if device.startswith("cuda") else torch.float32
+    with torch.device("meta"):  # no memory for weights that the checkpoint replaces next
+        model = MistralForCausalLM(config)
+    fp8_layers = install_fp8_linears(model, tensors)
+    kv_scales = kv_cache_scales(tensors, config.num_hidden_layers)
+    if config.tie_word_embeddings and "lm_head.weight" not in tensors:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=False,
+                                                assign=True)
+    fp8_buffers = {f"{n}.{s}" for n in fp8_layers for s in ("weight", "weight_scale", "input_scale")}
+    still_empty = [n for n, p in model.named_parameters() if p.is_meta]
+    if unexpected or still_empty:
+        raise TrtbuildError(f"{model_dir}: checkpoint does not match the model (unexpected {unexpected[:3]}, "
+                            f"missing {still_empty[:3] or sorted(set(missing) - fp8_buffers)[:3]}); rebuild the engine")
+    return model.to(device).eval(), kv_scales, weight_dtype, dtype, len(fp8_layers)
