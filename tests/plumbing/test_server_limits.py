@@ -150,10 +150,12 @@ def test_a_huge_header_does_not_stall_others(server):
     start = time.monotonic()
     thread.start()
     latencies = []
-    while not done.is_set() and time.monotonic() - start < 30:
+    while True:  # at least one probe: on a quick machine the server may have reset the attack already
         t = time.monotonic()
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
         latencies.append(time.monotonic() - t)
+        if done.is_set() or time.monotonic() - start > 30:
+            break
     thread.join()
     assert outcome["sent"] != "all"  # reset after its 431 and at most 1 MiB more: long before 16 MiB
     assert time.monotonic() - start < 2 + SLACK  # reason: the reset comes within the 2 s the server lingers
