@@ -145,7 +145,7 @@ class Untrained:
 
 @pytest.fixture(scope="session")
 def untrained(run_root, profile) -> Untrained:
-    """The embedded model's architecture with UNTRAINED weights (one step instead of 600) and its cpu-tiny
+    """The embedded model's architecture with UNTRAINED weights (one training step instead of 400) and its cpu-tiny
     fp16 engine, in a workspace of its own (two fp16 engines in one would make the name `fp16` ambiguous).
     Ready in seconds, so the files that test serving, balancing and draining, which never read what the
     model says, run while the real model is still training: tests/plumbing/conftest.py gives them
