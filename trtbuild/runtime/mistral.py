@@ -77,8 +77,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        h = x.float()
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -96,15 +96,15 @@ class RotaryEmbedding(nn.Module):
         return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
 
 
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """Rotate q [B, heads, n, d] and k [B, kv_heads, n, d] by cos, sin [B, n, d] (rotate-half layout)."""
     cos, sin = cos[:, None], sin[:, None]
-
-    def rotate_half(x):
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
 class Attention(nn.Module):
@@ -117,17 +117,27 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * head_dim, hidden, bias=False)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Self-attention within the sequence (training; the runtime attends over its KV cache): causal, or
-        where the boolean mask [B, 1, n, n] allows."""
+    def qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """h [B, n, H] -> q [B, heads, n, d], k and v [B, kv_heads, n, d], q and k rotated."""
         batch, n, _ = h.shape
         q = self.q_proj(h).view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        return q, k, v
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs [B, heads, n, d] -> [B, n, H]."""
+        batch, _, n, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention within the sequence (training; the runtime attends over its KV cache with qkv
+        and output): causal, or where the boolean mask [B, 1, n, n] allows."""
+        q, k, v = self.qkv(h, cos, sin)
+        return self.output(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                          enable_gqa=True))
 
 
 class MLP(nn.Module):

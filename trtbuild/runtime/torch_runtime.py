@@ -40,7 +40,7 @@ from trtbuild.runtime.fp8 import FP8, round_fp8
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
                                         SamplingParams, batched_wakeups)
 from trtbuild.runtime.guided import grammar_processors
-from trtbuild.runtime.mistral import apply_rotary, load_checkpoint
+from trtbuild.runtime.mistral import load_checkpoint
 from trtbuild.runtime.sampling import Sampler, SamplerState
 from trtbuild.tokenizer import Tokenizer
 
@@ -121,17 +121,15 @@ class TorchModel:
     def __init__(self, model_dir: Path, device: str):
         self.device = device
         self.net, self.kv_scales, self.weight_dtype, self.dtype, self.num_fp8_linears = load_checkpoint(model_dir, device)
-        cfg = self.net.config
-        self.config = cfg
-        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = cfg.head_dim
+        self.config = self.net.config
         if self.kv_scales is not None:
             self.kv_scales = self.kv_scales.to(device)
         self.lm_head = LMHead(self.net.lm_head)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(self.config.num_hidden_layers, batch, self.num_kv_heads, max_len, self.head_dim,
-                       self.dtype, self.device, self.kv_scales)
+        cfg = self.config
+        return KVCache(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim, self.dtype,
+                       self.device, self.kv_scales)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor, starts: torch.Tensor,
                 last: torch.Tensor | None = None, run: slice | None = None, fresh: bool = False) -> torch.Tensor:
@@ -162,14 +160,10 @@ class TorchModel:
         return self.lm_head(m.norm(x)).float()
 
     def _attention(self, attn, h, layer, cos, sin, cache, slots, positions, mask, upto, run):
-        batch, n, _ = h.shape
-        q = attn.q_proj(h).view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, k, cos, sin)
+        q, k, v = attn.qkv(h, cos, sin)
         keys, values = cache.update(layer, slots, positions, k, v, upto, run)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
-        return attn.o_proj(out.transpose(1, 2).reshape(batch, n, self.num_heads * self.head_dim))
+        return attn.output(out)
 
 
 @dataclass
