@@ -88,6 +88,7 @@ def one_run(code: Path, step_ms: float, streams: int, args) -> dict:
             "client_workers": run["target"].get("client_workers", 1),
             "client_loop_lag_p99_ms": max([(w.get("loop_lag_ms") or {}).get("p99") or 0 for w in
                                            run["client"].get("workers") or [run["client"]]]),
+            "client_cpu_share": round(run["client"].get("cpu_process") or 0.0, 2),  # of one core, during the load
             "client_reasons": run["validity"]["reasons"], "extensions": run["target"].get("extensions"),
             "load_average": os.getloadavg()}
 
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
                       f"{run['itl_p99_steps']} steps, TTFT p50 {run['ttft_p50_ms']:.1f} ms, server "
                       f"{run['server_cpu_us_per_token']} us CPU/token (engine thread "
                       f"{run['engine_thread_us_per_token']}), "
-                      f"client {'ok' if run['client_valid'] else 'INVALID'} ({run['client_workers']} worker(s), loop lag "
+                      f"client {'ok' if run['client_valid'] else 'INVALID'} ({run['client_workers']} worker(s), "
+                      f"{run['client_cpu_share']:.0%} of a core, loop lag "
                       f"p99 {run['client_loop_lag_p99_ms']:.1f} ms), load {run['load_average'][0]:.1f}",
                       file=sys.stderr, flush=True)
     for streams in sorted({run["streams"] for run in runs}):  # medians over rounds: single runs swing on a shared box

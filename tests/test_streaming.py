@@ -9,7 +9,9 @@ import threading
 import time
 
 from trtbuild.runtime.interface import LoopWaker, RequestStream, SamplingParams, TokenEvent, batched_wakeups
-from trtbuild.server.render import Renderer, TokenTexts
+from trtbuild.server.generate import sse_events
+from trtbuild.server.limits import write_body_now
+from trtbuild.server.render import DONE, Renderer, TokenTexts
 
 
 def events(*texts, finish=None):
@@ -98,7 +100,7 @@ def test_a_closed_loop_is_skipped():
     loop = asyncio.new_event_loop()
     waker = LoopWaker.of(loop)
     loop.close()
-    waker.wake(asyncio.Event())  # no exception: the consumer is gone
+    waker.wake(lambda: None)  # no exception: the consumer is gone
     assert not waker._scheduled
 
 
@@ -119,3 +121,126 @@ def test_observe_many_equals_one_observe_per_value():
                 hist.observe(v)
         texts.append([line for line in generate_latest(registry).decode().splitlines() if "_created" not in line])
     assert texts[0] == texts[1] and 'itl_seconds_bucket{le="+Inf"} 27.0' in texts[1]
+
+
+def body_of(tokenizer, write_now_factory, words=12):
+    """The SSE body of one streamed completion whose tokens an engine thread emits while it is being
+    written: (chunks written directly by write_now, chunks the generator yielded)."""
+    ids = tokenizer.encode(" ".join(["river", "market", "salt"] * 4), bos=False)[:words]
+    params = SamplingParams(max_tokens=len(ids), temperature=0, ignore_eos=True)
+    stream = RequestStream(tokenizer, [1, 1032], params, max_seq_len=100)
+    renderer = Renderer(False, "m", TokenTexts(tokenizer), logprobs=False, include_usage=True, continuous_usage=True,
+                        prompt_tokens=2)
+    direct: list[bytes] = []
+    write_now = write_now_factory(direct)
+
+    def engine():
+        for token in ids:
+            time.sleep(0.002)  # a few engine steps, so some chunks find the writer listening
+            with batched_wakeups():
+                stream.emit_token(token)
+
+    async def main():
+        thread = threading.Thread(target=engine)
+        thread.start()
+        try:
+            return [c async for c in sse_events(None, renderer, [stream], 2, True, write_now=write_now)]
+        finally:
+            thread.join()
+
+    rest = asyncio.run(main())
+    return [d.decode() for d in direct], rest, tokenizer.decode(ids)
+
+
+def texts_and_usage(chunks: list[str]) -> tuple[str, list[int]]:
+    body = "".join(chunks)
+    assert body.endswith(DONE) and body.count(DONE) == 1
+    events = [json.loads(e[6:]) for e in body.split("\n\n") if e.startswith("data: {")]
+    text = "".join(e["choices"][0]["text"] for e in events if e["choices"])
+    return text, [e["usage"]["completion_tokens"] for e in events]
+
+
+def test_direct_writes_carry_the_same_body_as_the_awaiting_path(tokenizer):
+    """write_directly (chunks written from the engine's wake-up) and the generator path give one body:
+    the same text, usage counting up to the last token, the end with usage and [DONE]; and where the
+    writer refuses a chunk (the socket pushes back) that chunk and the rest go the awaiting way, in order."""
+    plain_direct, plain, text = body_of(tokenizer, lambda out: None)
+    assert plain_direct == []
+    assert texts_and_usage(plain)[0] == " " + text  # the first token's space, as after the prompt
+    text = " " + text
+
+    def taking(out):
+        return lambda data: out.append(data) or True
+
+    direct, rest, _ = body_of(tokenizer, taking)
+    assert direct, "no chunk was written directly"
+    got, usage = texts_and_usage(direct + rest)
+    assert got == text
+    assert usage == sorted(usage) and usage[-1] == 12  # the final usage chunk counts every token once
+    assert all(c.endswith("\n\n") and DONE not in c for c in direct)  # the end is never written directly
+
+    def refusing_the_third(out):
+        def write_now(data):
+            if len(out) == 2:
+                return False
+            out.append(data)
+            return True
+        return write_now
+
+    direct, rest, _ = body_of(tokenizer, refusing_the_third)
+    assert len(direct) == 2
+    got, usage = texts_and_usage(direct + rest)
+    assert got == text and usage == sorted(usage) and usage[-1] == 12
+
+
+def test_write_body_now_writes_what_uvicorns_send_writes_and_refuses_what_it_cannot():
+    """trtbuild.server.limits.write_body_now against a real uvicorn RequestResponseCycle: the same chunk
+    framing as `send` writes, and no write (False) where send would wait or do more."""
+    from uvicorn.protocols.http.flow_control import FlowControl
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    class Transport:
+        def __init__(self):
+            self.data = []
+
+        def write(self, data):
+            self.data.append(bytes(data))
+
+        def is_closing(self):
+            return False
+
+        def pause_reading(self):
+            pass
+
+        def resume_reading(self):
+            pass
+
+    def cycle():
+        transport = Transport()
+        c = RequestResponseCycle(scope={"method": "POST", "type": "http", "http_version": "1.1"}, transport=transport,
+                                 flow=FlowControl(transport), logger=None, access_logger=None, access_log=False,
+                                 default_headers=[], message_event=asyncio.Event(), expect_100_continue=False,
+                                 keep_alive=True, on_response=lambda: None)
+        return c, transport
+
+    async def main():
+        by_send, t1 = cycle()
+        direct, t2 = cycle()
+        assert not write_body_now(direct, b"data: x\n\n")  # no response head yet
+        for c in (by_send, direct):
+            await c.send({"type": "http.response.start", "status": 200, "headers": []})
+        await by_send.send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
+        assert write_body_now(direct, b"data: x\n\n")
+        assert t1.data == t2.data and t2.data[-1] == b"9\r\ndata: x\n\n\r\n"
+        assert not write_body_now(direct, b"")  # an empty chunk would end a chunked body
+        direct.flow.write_paused = True
+        assert not write_body_now(direct, b"y")  # bytes left unsent: send would wait (and the deadline runs)
+        direct.flow.write_paused = False
+        direct.disconnected = True
+        assert not write_body_now(direct, b"y")
+        direct.disconnected = False
+        await direct.send({"type": "http.response.body", "body": b"", "more_body": False})
+        assert not write_body_now(direct, b"y")  # the response is complete
+        assert len(t2.data) == 3  # head, one chunk, the end: nothing written by a refusal
+
+    asyncio.run(main())

@@ -31,7 +31,7 @@ from trtbuild.bench.arrivals import LoadSpec
 from trtbuild.bench.environment import EnvironmentMonitor
 from trtbuild.bench.metrics import SLO
 from trtbuild.bench.results import BenchResult, RequestRecord, save_run
-from trtbuild.bench.runner import PooledMonitor, run_load, summarize
+from trtbuild.bench.runner import PooledMonitor, run_client, run_load, summarize
 from trtbuild.bench.sse import SSEParser
 from trtbuild.bench.trials import interleave, merge_trials
 from trtbuild.bench.workers import ClientConfig, WorkerPool, auto_workers, merge, parse_workers
@@ -260,7 +260,7 @@ def run_online_bench(ws: Workspace, urls: list[str], model: str, workload: Workl
     if trials < 1:
         raise TrtbuildError(f"--trials must be >= 1, got {trials}")
     tokenizer = Tokenizer.v3()
-    servers, extensions, runs, n_workers = asyncio.run(
+    servers, extensions, runs, n_workers = run_client(
         _run_online(urls, model, workload, loads, api_key, prompt_format, timeout_s, progress, tokenizer, trials,
                     workers))
     engine = resolve_target_engine(ws, model, engine_dir)

@@ -15,9 +15,11 @@ and the run marked invalid, when (docs/benchmarks.md explains the thresholds):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
 
 import numpy as np
 
@@ -31,6 +33,8 @@ LAG_FLOOR_MS = 5.0
 LAG_FRACTION = 0.10
 CLIENT_CPU_MAX = 0.9
 TICK_S = 0.01
+
+T = TypeVar("T")
 
 # issue(request, record, t0_ns): send one request, fill the record (times relative to t0_ns).
 Issue = Callable[[BenchRequest, RequestRecord, int], Awaitable[None]]
@@ -135,15 +139,46 @@ async def _open_loop(reqs, load, issue, record, now, offsets=None) -> list[Reque
     return out
 
 
+def run_client(main: Awaitable[T]) -> T:
+    """asyncio.run on uvloop where it is installed (the server runs on it too): an HTTP client's loop costs
+    about half the CPU a streamed chunk (read, wake-up, callbacks), which keeps the stamps of a 256-stream
+    run on time on one core; the stdlib loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 async def run_load(requests, load: LoadSpec, issue: Issue, clock: Callable[[], int] = time.perf_counter_ns,
                    t0_ns: int | None = None, offsets: list[float] | None = None,
                    between: Callable[[], Awaitable[None]] | None = None) -> tuple[list[RequestRecord], ClientMonitor]:
     """Drive the load under a ClientMonitor; returns the records and the monitor. t0_ns (on `clock`):
     the origin of every stamp, default now (workers get their parent's, so their records merge)."""
     t0 = clock() if t0_ns is None else t0_ns
-    async with ClientMonitor() as monitor:
-        records = await drive(requests, load, issue, t0, clock, offsets, between)
+    with quiet_gc():
+        async with ClientMonitor() as monitor:
+            records = await drive(requests, load, issue, t0, clock, offsets, between)
     return records, monitor
+
+
+@contextlib.contextmanager
+def quiet_gc(threshold: tuple[int, int, int] = (20_000, 20, 100)):
+    """No full collection mid-run: the heap built before the load (imports, tokenizer, workload) is frozen
+    out of the collector, and the young generation may grow further before a collection. With CPython's
+    defaults a client at 256 streams (64-token outputs, 1,024 requests) ran one full collection of 50-70 ms
+    mid-load, during which no chunk is read or stamped. The server does the same
+    (trtbuild.server.state.freeze_heap)."""
+    old = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*(max(a, b) for a, b in zip(old, threshold)))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
 
 
 class PooledMonitor:

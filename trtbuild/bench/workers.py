@@ -32,6 +32,7 @@ from types import SimpleNamespace
 
 from trtbuild.bench.arrivals import LoadSpec, schedule
 from trtbuild.bench.results import RequestRecord
+from trtbuild.bench.runner import run_client
 from trtbuild.bench.workload import BenchRequest, WorkloadSpec
 from trtbuild.errors import TrtbuildError
 
@@ -150,7 +151,7 @@ def _worker_main(conn, barrier, config: ClientConfig) -> None:
             return
         load, requests, offsets, t0_ns = job
         try:
-            conn.send(("ok", asyncio.run(_run_share(config, load, requests, offsets, t0_ns, barrier))))
+            conn.send(("ok", run_client(_run_share(config, load, requests, offsets, t0_ns, barrier))))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run
             barrier.abort()  # the others must not wait for this one
             conn.send(("error", f"{type(exc).__name__}: {exc}"[:500]))

@@ -41,8 +41,21 @@ class TextStream:
         """Add one token; return the text the caller may be shown now."""
         if self.stopped is not None:
             return ""
-        self.tokens.append(int(token_id))
+        tokens = self.tokens
+        tokens.append(int(token_id))
         self.generated += 1
+        pieces = self.pieces
+        # the common case, inline (once per token of every stream): a plain piece after a completed
+        # character, no stop strings to search or hold back for
+        if (pieces is not None and not self.stops and self.read_offset == len(tokens) - 1
+                and self.emitted == len(self.text) and 0 <= token_id < len(pieces) and pieces[token_id]):
+            delta = pieces[token_id]
+            if self.prefix_offset == self.read_offset and delta[0] == " ":  # decoding drops a leading space
+                delta = delta[1:]
+            self.prefix_offset, self.read_offset = self.read_offset, len(tokens)
+            self.text += delta
+            self.emitted = len(self.text)
+            return delta
         delta = self._decode_delta()
         if not delta:
             return ""

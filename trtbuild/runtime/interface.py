@@ -22,7 +22,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator, Sequence
+from typing import AsyncIterator, Callable, Iterator, Sequence
 
 from trtbuild.errors import clip
 from trtbuild.runtime.detok import TextStream
@@ -197,12 +197,18 @@ class RequestStream:
         self._text = TextStream(tokenizer, context_ids=tokenizer.decode_context(self.prompt_token_ids), stop=params.stop,
                                 include_stop=params.include_stop_str_in_output, min_tokens=params.min_tokens)
         self._on_cancel = on_cancel
+        # what emit_token checks, read once: eos (-1 when ignored), stop ids, the token count that ends it
+        self._eos_id = -1 if params.ignore_eos else tokenizer.eos_id
+        self._stop_ids = frozenset(params.stop_token_ids)
+        self._min_tokens = params.min_tokens
+        self._length_limit = min(params.max_tokens, max_seq_len - len(self.prompt_token_ids))
         # one re-entrant lock, taken directly on the engine's per-token path (Condition's own __enter__ is a
         # Python call); the condition is notified only while a thread waits on it (__iter__, result())
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._sync_waiters = 0
-        self._waiters: tuple[tuple[LoopWaker, asyncio.Event], ...] = ()  # replaced, never mutated: no copy per token
+        # (waker, listener) pairs run on their loops after each event; replaced, never mutated: no copy per token
+        self._listeners: tuple[tuple[LoopWaker, Callable[[], None]], ...] = ()
 
     # --- engine side ------------------------------------------------------------------------------
     @property
@@ -215,39 +221,36 @@ class RequestStream:
 
     def emit_token(self, token_id: int, logprob: float | None = None,
                    top_logprobs: list[tuple[int, float]] | None = None) -> bool:
-        """Record one generated token; returns True when the request is now finished."""
+        """Record one generated token; returns True when the request is now finished. The engine's hot
+        path (once per running request per step): the params it checks are read once, in __init__."""
+        token_id = int(token_id)
         with self._lock:  # atomic against cancel() from another thread: no token lands after "abort"
-            return self._emit_token(token_id, logprob, top_logprobs)
-
-    def _emit_token(self, token_id: int, logprob: float | None, top_logprobs: list[tuple[int, float]] | None) -> bool:
-        if self.finished:
-            return True
-        now = time.perf_counter_ns()
-        self.timings.first_token_ns = self.timings.first_token_ns or now
-        index = len(self.token_ids)
-        self.token_ids.append(int(token_id))
-        if logprob is not None:
-            self.logprobs.append(float(logprob))
-        if top_logprobs is not None:
-            self.top_logprobs.append(top_logprobs)
-        p, reason, text = self.params, None, ""
-        past_min = index + 1 > p.min_tokens
-        if token_id == self.tokenizer.eos_id and not p.ignore_eos and past_min:
-            reason, self.stop_reason = "stop", None
-        elif token_id in p.stop_token_ids and past_min:
-            reason, self.stop_reason = "stop", int(token_id)
-        else:
-            text = self._text.push(token_id)
-            if self._text.stopped is not None:
-                reason, self.stop_reason = "stop", self._text.stopped
-        if reason is None and (len(self.token_ids) >= p.max_tokens
-                               or len(self.prompt_token_ids) + len(self.token_ids) >= self.max_seq_len):
-            reason = "length"
-        if reason is not None:
-            text += self._text.flush()
-        self._publish(TokenEvent(token_id=int(token_id), index=index, text=text, logprob=logprob,
-                                 top_logprobs=top_logprobs, finish_reason=reason, time_ns=now), reason)
-        return reason is not None
+            if self.finish_reason is not None:
+                return True
+            now = time.perf_counter_ns()
+            if not self.timings.first_token_ns:
+                self.timings.first_token_ns = now
+            index = len(self.token_ids)
+            self.token_ids.append(token_id)
+            if logprob is not None:
+                self.logprobs.append(float(logprob))
+            if top_logprobs is not None:
+                self.top_logprobs.append(top_logprobs)
+            reason, text = None, ""
+            if index >= self._min_tokens and token_id == self._eos_id:
+                reason, self.stop_reason = "stop", None
+            elif index >= self._min_tokens and token_id in self._stop_ids:
+                reason, self.stop_reason = "stop", token_id
+            else:
+                text = self._text.push(token_id)
+                if self._text.stopped is not None:
+                    reason, self.stop_reason = "stop", self._text.stopped
+            if reason is None and index + 1 >= self._length_limit:
+                reason = "length"
+            if reason is not None:
+                text += self._text.flush()
+            self._publish(TokenEvent(token_id, index, text, logprob, top_logprobs, reason, now), reason)
+            return reason is not None
 
     def finish(self, reason: str, error: str | None = None) -> None:
         """End the request without a token (abort, error). Idempotent."""
@@ -271,9 +274,9 @@ class RequestStream:
                 self.timings.finished_ns = event.time_ns
             if self._sync_waiters:
                 self._cond.notify_all()
-            waiters = self._waiters
-        for waker, flag in waiters:
-            waker.wake(flag)
+            listeners = self._listeners
+        for waker, listener in listeners:
+            waker.wake(listener)
 
     # --- caller side ------------------------------------------------------------------------------
     @property
@@ -300,13 +303,25 @@ class RequestStream:
             if done:
                 return
 
-    async def aiter_batches(self) -> AsyncIterator[list[TokenEvent]]:
-        """Async iteration that yields every event available at once (a server can coalesce them)."""
-        waiter = (LoopWaker.of(asyncio.get_running_loop()), asyncio.Event())
-        flag = waiter[1]
+    def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` on the running event loop after new events (batched: once per engine step);
+        returns the function that stops it. The listener reads `events` itself, without the lock (see
+        aiter_batches), and must not raise."""
+        entry = (LoopWaker.of(asyncio.get_running_loop()), listener)
         with self._lock:
-            self._waiters = (*self._waiters, waiter)
-        seen = 0
+            self._listeners = (*self._listeners, entry)
+
+        def stop() -> None:
+            with self._lock:
+                self._listeners = tuple(e for e in self._listeners if e is not entry)
+        return stop
+
+    async def aiter_batches(self, start: int = 0) -> AsyncIterator[list[TokenEvent]]:
+        """Async iteration that yields every event available at once (a server can coalesce them), from
+        events[start:]."""
+        flag = asyncio.Event()
+        stop = self.listen(flag.set)
+        seen = start
         try:
             while True:
                 flag.clear()
@@ -323,8 +338,7 @@ class RequestStream:
                 if not new:
                     await flag.wait()
         finally:
-            with self._lock:
-                self._waiters = tuple(w for w in self._waiters if w is not waiter)
+            stop()
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:
         async for batch in self.aiter_batches():

@@ -1,9 +1,10 @@
 """The engine-thread -> event-loop hand-off: one wake-up per loop per engine step, not one per token.
 
-A RequestStream consumed on an event loop (the server, the offline bench) waits on an asyncio.Event that
-the engine thread must set through the loop (call_soon_threadsafe: a write to the loop's self-pipe and a
-loop iteration each). With 256 streams at a 10 ms step that was 25,600 wake-ups a second; grouped per
-loop it is 100.
+A RequestStream consumed on an event loop (the server, the offline bench) has a listener there (an
+asyncio.Event's set, or the server's SSE writer) that the engine thread must run through the loop
+(call_soon_threadsafe: a write to the loop's self-pipe and a loop iteration each). With 256 streams at a
+10 ms step that was 25,600 wake-ups a second; grouped per loop it is 100, and the listeners of one step
+run back to back in one loop callback.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import asyncio
 import contextlib
 import threading
 import weakref
+from typing import Callable
 
 
 class LoopWaker:
-    """Wakes the consumers an event loop has waiting on streams, with one call_soon_threadsafe (one write
+    """Runs the listeners an event loop has on streams, with one call_soon_threadsafe (one write
     to the loop's self-pipe, one loop iteration) per batch of tokens instead of one per token. Inside
     `batched_wakeups()` (an engine step emitting a token for every running request) nothing is scheduled
     until the block ends; otherwise the first token schedules the loop and the ones emitted before it
@@ -28,7 +30,7 @@ class LoopWaker:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = weakref.ref(loop)
         self._lock = threading.Lock()
-        self._flags: list[asyncio.Event] = []
+        self._listeners: list[Callable[[], None]] = []
         self._scheduled = False
 
     @classmethod
@@ -39,10 +41,10 @@ class LoopWaker:
                 waker = cls._registry[loop] = cls(loop)
             return waker
 
-    def wake(self, flag: asyncio.Event) -> None:
-        """Any thread: set `flag` on the loop soon."""
+    def wake(self, listener: Callable[[], None]) -> None:
+        """Any thread: call `listener()` on the loop soon (a listener must not raise)."""
         with self._lock:
-            self._flags.append(flag)
+            self._listeners.append(listener)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -60,13 +62,13 @@ class LoopWaker:
             loop.call_soon_threadsafe(self._run)
         except RuntimeError:  # that loop is closed: its consumers are gone
             with self._lock:
-                self._flags, self._scheduled = [], False
+                self._listeners, self._scheduled = [], False
 
     def _run(self) -> None:
         with self._lock:
-            flags, self._flags, self._scheduled = self._flags, [], False
-        for flag in flags:
-            flag.set()
+            listeners, self._listeners, self._scheduled = self._listeners, [], False
+        for listener in listeners:
+            listener()
 
 
 @contextlib.contextmanager

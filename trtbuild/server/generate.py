@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from fastapi import Request
 from starlette.responses import Response
@@ -32,6 +32,7 @@ from trtbuild.server.render import DONE, Renderer, sse
 from trtbuild.server.state import ServerState
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+WriteNow = Callable[[bytes], bool]  # write one body chunk now if the socket takes it (True), else do nothing
 
 
 async def generate(request: Request, body: GenerationRequest) -> Response:
@@ -62,7 +63,8 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
         return json_response(await plan.response(engine, renderer, prompts, [], prompt_tokens))
     if plan.echo_only:  # streamed: the prompt chunks (finish_reason "length"), usage, [DONE]
         first = await plan.echo_chunks(engine, renderer, prompts)
-        return SSEResponse(sse_events(state, renderer, [], prompt_tokens, body.include_usage, first), cleanup=lambda: None)
+        return SSEResponse(lambda _: sse_events(state, renderer, [], prompt_tokens, body.include_usage, first),
+                           cleanup=lambda: None)
     streams = state.submit(engine, jobs, renderer.id, param)
     record = request.scope.get("trtbuild") or AccessRecord(renderer.id)
     if body.stream:
@@ -73,8 +75,9 @@ async def generate(request: Request, body: GenerationRequest) -> Response:
             except BaseException:
                 finish(state, streams, prompt_tokens, record)
                 raise
-        events = sse_events(state, renderer, streams, prompt_tokens, body.include_usage, first)
-        return SSEResponse(events, cleanup=lambda: finish(state, streams, prompt_tokens, record))
+        return SSEResponse(lambda write_now: sse_events(state, renderer, streams, prompt_tokens, body.include_usage,
+                                                        first, write_now),
+                           cleanup=lambda: finish(state, streams, prompt_tokens, record))
     try:
         results = await results_or_disconnect(request, streams)
     finally:
@@ -175,23 +178,26 @@ class SSEResponse(Response):  # a Response to FastAPI (returned as is); its own 
     per engine step). Starlette's StreamingResponse sent each chunk through five `send` wrappers (its own,
     the exception layers', the middleware's) and a listener task group; here the response head goes
     through the app's chain (status, x-request-id, error handling), and the body bytes go straight to the
-    server's `send` (ServerMiddleware puts it in the scope). The final chunk, the usage chunk, [DONE] and
-    the end of the body leave in one write. A second task waits for the client's disconnect and stops the
-    body when it comes; `cleanup` runs however the response ends (before the body ever started, too)."""
+    server's `send` (ServerMiddleware puts it in the scope), or, where the HTTP protocol offers one
+    (`trtbuild.write_body`, trtbuild.server.limits), to its synchronous writer (see write_directly). The
+    final chunk, the usage chunk, [DONE] and the end of the body leave in one write. A second task waits
+    for the client's disconnect and stops the body when it comes; `cleanup` runs however the response ends
+    (before the body ever started, too). `events(write_now)` makes the body's chunks."""
 
     media_type = "text/event-stream"
     HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                *((k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items())]
     status_code = 200
 
-    def __init__(self, events: AsyncIterator[str], cleanup):  # noqa: D107 - Response.__init__ renders a body
-        self.body_iterator = events
+    def __init__(self, events: Callable[[WriteNow | None], AsyncIterator[str]], cleanup):  # noqa: D107
+        self.events = events  # Response.__init__ would render a body: not called
         self.cleanup = cleanup
         self.background = None
         self.raw_headers = list(self.HEADERS)
 
     async def __call__(self, scope, receive, send):
-        body = asyncio.ensure_future(self._stream(send, scope.get("trtbuild.send", send)))
+        chunks = self.events(scope.get("trtbuild.write_body"))
+        body = asyncio.ensure_future(self._stream(chunks, send, scope.get("trtbuild.send", send)))
         gone = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             await asyncio.wait((body, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -202,13 +208,14 @@ class SSEResponse(Response):  # a Response to FastAPI (returned as is); its own 
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             self.cleanup()
-            await self.body_iterator.aclose()  # a generator left suspended by the cancellation
+            await chunks.aclose()  # a generator left suspended by the cancellation
         if not body.cancelled() and body.exception() is not None:
             raise body.exception()
 
-    async def _stream(self, send, send_body):
-        await send({"type": "http.response.start", "status": 200, "headers": self.HEADERS})
-        async for chunk in self.body_iterator:
+    @staticmethod
+    async def _stream(chunks: AsyncIterator[str], send, send_body):
+        await send({"type": "http.response.start", "status": 200, "headers": SSEResponse.HEADERS})
+        async for chunk in chunks:
             last = chunk.endswith(DONE)  # sse_events ends with [DONE]: the end of the body rides along
             await send_body({"type": "http.response.body", "body": chunk.encode(), "more_body": not last})
             if last:
@@ -222,9 +229,11 @@ async def _wait_disconnect(receive) -> None:
 
 
 async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[RequestStream], prompt_tokens: int,
-                     include_usage: bool, first: Sequence[str] = ()) -> AsyncIterator[str]:
+                     include_usage: bool, first: Sequence[str] = (), write_now: WriteNow | None = None
+                     ) -> AsyncIterator[str]:
     """The SSE body: role chunks (chat) or `first` (a streamed echo's prompts), one chunk per batch of events
-    per choice, usage, [DONE]."""
+    per choice, usage, [DONE]. With `write_now` (one choice), the chunks before the last are written by
+    write_directly instead of yielded."""
     if renderer.chat:
         for index in range(len(streams)):
             yield renderer.role_chunk(index)
@@ -232,7 +241,12 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
         yield chunk
     failed, tail = None, ""
     single = len(streams) == 1  # the common case: no merging task and queue hop per chunk
-    source = streams[0].aiter_batches() if single else merged_batches(streams)
+    start = 0
+    if single and write_now is not None:
+        start, pending = await write_directly(streams[0], renderer, write_now)
+        if pending is not None:  # the writer refused it (the client reads slowly): send it the awaiting way
+            yield pending
+    source = streams[0].aiter_batches(start) if single else merged_batches(streams)
     async with contextlib.aclosing(source) as batches:
         async for item in batches:
             index, events = (0, item) if single else item
@@ -254,6 +268,47 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
     elif include_usage:
         tail += renderer.usage_chunk(prompt_tokens, sum(len(s.token_ids) for s in streams))
     yield tail + DONE
+
+
+async def write_directly(stream: RequestStream, renderer: Renderer, write_now: WriteNow) -> tuple[int, str | None]:
+    """Write the stream's chunks from the loop callback that the engine's wake-up runs (RequestStream.listen),
+    while the socket takes them at once: no task wake-up, generator hop or ASGI message per chunk, which
+    were most of the event loop's cost a token at 256 streams. Returns, for the awaiting path to go on
+    from, how many events were written and the chunk the writer refused (if any): it stops at the stream's
+    last event (whose chunk leaves with usage and [DONE]), at a failure, or when write_now refuses (the
+    socket pushes back, the client left)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+    seen, pending = 0, None
+
+    def on_events() -> None:
+        nonlocal seen, pending
+        if done.done():
+            return
+        try:
+            finished = stream.finish_reason is not None  # read before the slice, as aiter_batches does
+            new = stream.events[seen:]
+            if finished or (new and new[-1].finish_reason is not None):
+                done.set_result(None)  # the end (or a failure): the awaiting path writes it
+                return
+            if not new:
+                return
+            seen += len(new)
+            chunk = renderer.delta_chunk(0, new, None)
+            if chunk is not None and not write_now(chunk.encode()):
+                pending = chunk
+                done.set_result(None)
+        except BaseException as exc:  # noqa: BLE001 - a listener must not raise: the stream's task does
+            if not done.done():
+                done.set_exception(exc)
+
+    stop = stream.listen(on_events)
+    try:
+        on_events()  # what arrived before the listener
+        await done
+    finally:
+        stop()
+    return seen, pending
 
 
 async def merged_batches(streams: Sequence[RequestStream]) -> AsyncIterator[tuple[int, list]]:

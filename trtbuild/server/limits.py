@@ -19,6 +19,7 @@ rejection and dropped response are in /metrics. Defaults and their reasons: serv
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import resource
@@ -144,6 +145,9 @@ def protocol_class(limits: ConnectionLimits, metrics: ConnectionMetrics) -> type
                 self._header_timer.cancel()
                 self._header_timer = None
             super().on_headers_complete()
+            cycle = getattr(self, "cycle", None)
+            if cycle is not None and cycle.scope is self.scope:  # (not after an upgrade request)
+                self.scope["trtbuild.write_body"] = functools.partial(write_body_now, cycle)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -199,6 +203,19 @@ def protocol_class(limits: ConnectionLimits, metrics: ConnectionMetrics) -> type
             self.transport.abort()  # frees the buffer; the app sees http.disconnect and cleans up
 
     return GuardedHttpToolsProtocol
+
+
+def write_body_now(cycle, data: bytes) -> bool:
+    """Write one chunk of a streamed (chunked) response body now, without a coroutine, if the socket takes
+    it: what uvicorn's ASGI `send` does for a body chunk, from a plain callback (the SSE writer runs from
+    the engine's wake-up, trtbuild.server.generate.write_directly). False, with nothing written, where
+    `send` would have to wait or do more: the app's writes are paused (bytes left unsent: the write
+    deadline runs), the client left, or the response is not a started, unfinished chunked one."""
+    if (cycle.flow.write_paused or cycle.disconnected or not cycle.response_started or cycle.response_complete
+            or not cycle.chunked_encoding or not data):
+        return False
+    cycle.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+    return True
 
 
 def raise_open_file_limit(limits: ConnectionLimits) -> None:
