@@ -1,8 +1,9 @@
 """Online benchmark: an asyncio client against OpenAI-compatible endpoints (/v1/completions or
 /v1/chat/completions, streaming).
 
-One aiohttp session per client process, its pool sized to the load (limit = concurrency), 1 MiB read
-buffer (vllm#39963), time.monotonic_ns stamps taken when a read completes an SSE event. At high
+Streamed requests go over trtbuild.bench.http's keep-alive connections (one per request in flight, per
+client process); each socket read is parsed in the read's own callback and stamped there with
+time.monotonic_ns, so an event's stamp is the read that completed it (aiohttp only probes the servers). At high
 concurrency the load is spread over client worker processes (--client-workers, trtbuild/bench/workers.py),
 each with its own loop and self-checks; their stamps share one system-wide clock. Prompts go as text by default (any
 server takes it; the workload checked that the text re-encodes to the exact length) or as token ids
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from trtbuild.bench.arrivals import LoadSpec
 from trtbuild.bench.environment import EnvironmentMonitor
+from trtbuild.bench.http import HTTPStatusError, StreamClient
 from trtbuild.bench.metrics import SLO
 from trtbuild.bench.results import BenchResult, RequestRecord, save_run
 from trtbuild.bench.runner import PooledMonitor, run_client, run_load, summarize
@@ -40,7 +42,6 @@ from trtbuild.errors import TrtbuildError
 from trtbuild.tokenizer import Tokenizer
 from trtbuild.workspace import Workspace
 
-READ_BUFSIZE = 1 << 20
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
 
@@ -69,67 +70,91 @@ def request_body(req: BenchRequest, model: str, spec: WorkloadSpec, extensions: 
 CLOCK = time.monotonic_ns  # CLOCK_MONOTONIC: one clock for the client's processes (trtbuild/bench/workers.py)
 
 
-async def stream_completion(session: aiohttp.ClientSession, url: str, path: str, body: dict, rec: RequestRecord,
+async def stream_completion(client: StreamClient, url: str, path: str, body: dict, rec: RequestRecord,
                             t0: int, texts: dict, clock=CLOCK) -> None:
     """Send one streaming (chat) completion to url + path and fill rec; the text goes to texts[rec.index]
-    for re-tokenizing. Stamps: clock() - t0."""
-    parser, pieces = SSEParser(), []
-    counted = 0  # completion tokens reported by continuous usage so far
-    per_chunk: list[int] | None = []
+    for re-tokenizing. Stamps: clock() - t0, taken in the socket read that completed each event."""
+    stream = StreamRecorder(rec, t0, clock)
     rec.target = url
     rec.sent_ns = clock() - t0
     try:
-        async with session.post(url + path, json=body) as resp:
-            if resp.status != 200:
-                rec.error_type, rec.error = f"http_{resp.status}", (await resp.text())[:300]
-                return
-            async for data in resp.content.iter_any():
-                now = clock() - t0
-                if rec.first_byte_ns is None:
-                    rec.first_byte_ns = now
-                for payload in parser.feed(data):
-                    if payload == "[DONE]":
-                        continue
-                    event = json.loads(payload)
-                    if "error" in event:
-                        err = event["error"]
-                        rec.error_type = "stream_error"
-                        rec.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
-                        continue
-                    usage = event.get("usage") or None
-                    choices = event.get("choices") or []
-                    text, tokens, role_only = "", 0, False
-                    if choices:
-                        choice = choices[0]
-                        delta = choice.get("delta") or {}
-                        text = choice.get("text") or delta.get("content") or ""
-                        rec.finish_reason = choice.get("finish_reason") or rec.finish_reason
-                        # chat's first chunk: {"role": "assistant", "content": ""}, no token yet
-                        role_only = "role" in delta and not text and not choice.get("finish_reason")
-                    if usage is not None and usage.get("completion_tokens") is not None:
-                        tokens = usage["completion_tokens"] - counted
-                        counted = usage["completion_tokens"]
-                        rec.token_counts["usage"] = counted
-                        rec.prompt_tokens_usage = usage.get("prompt_tokens")
-                    elif choices and not role_only:
-                        per_chunk = None  # a content chunk without usage: the split is unknown
-                    if choices and (text or tokens > 0):
-                        rec.chunk_ns.append(now)
-                        pieces.append(text)
-                        if per_chunk is not None:
-                            per_chunk.append(tokens)
-    except asyncio.TimeoutError:
+        await client.post(url, path, json.dumps(body).encode(), stream.feed)
+    except HTTPStatusError as exc:
+        rec.error_type, rec.error = f"http_{exc.status}", exc.body.decode("utf-8", "replace")[:300]
+    except TimeoutError:
         rec.error_type, rec.error = "timeout", "no complete answer within the request timeout"
-    except aiohttp.ClientError as exc:
+    except OSError as exc:  # ConnectionError is one
         rec.error_type, rec.error = "connection", f"{type(exc).__name__}: {exc}"[:300]
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        rec.error_type, rec.error = "bad_response", f"unparseable stream event: {exc}"[:300]
     finally:
         rec.end_ns = clock() - t0
-    rec.chunk_tokens = per_chunk if per_chunk and len(per_chunk) == len(rec.chunk_ns) else None
-    texts[rec.index] = "".join(pieces)
-    if rec.error_type is None and not rec.chunk_ns:
-        rec.error_type, rec.error = "empty_response", "the stream carried no content"
+    stream.finish(texts)
+
+
+class StreamRecorder:
+    """One streamed response into its RequestRecord, fed from the socket's reads (trtbuild.bench.http):
+    each read is stamped once, its SSE events parsed; content events become chunk stamps, text and
+    (from continuous usage) token counts."""
+
+    def __init__(self, rec: RequestRecord, t0: int, clock):
+        self.rec, self.t0, self.clock = rec, t0, clock
+        self.parser, self.pieces = SSEParser(), []
+        self.counted = 0  # completion tokens reported by continuous usage so far
+        self.per_chunk: list[int] | None = []
+        self.broken = False
+
+    def feed(self, data: bytes) -> None:
+        rec = self.rec
+        now = self.clock() - self.t0
+        if rec.first_byte_ns is None:
+            rec.first_byte_ns = now
+        if self.broken:
+            return
+        try:
+            self._events(self.parser.feed(data), now)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+            self.broken = True  # what follows an unparseable event is not trusted either
+            rec.error_type, rec.error = "bad_response", f"unparseable stream event: {exc}"[:300]
+
+    def _events(self, payloads: list[str], now: int) -> None:
+        rec = self.rec
+        for payload in payloads:
+            if payload == "[DONE]":
+                continue
+            event = json.loads(payload)
+            if "error" in event:
+                err = event["error"]
+                rec.error_type = "stream_error"
+                rec.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
+                continue
+            usage = event.get("usage") or None
+            choices = event.get("choices") or []
+            text, tokens, role_only = "", 0, False
+            if choices:
+                choice = choices[0]
+                delta = choice.get("delta") or {}
+                text = choice.get("text") or delta.get("content") or ""
+                rec.finish_reason = choice.get("finish_reason") or rec.finish_reason
+                # chat's first chunk: {"role": "assistant", "content": ""}, no token yet
+                role_only = "role" in delta and not text and not choice.get("finish_reason")
+            if usage is not None and usage.get("completion_tokens") is not None:
+                tokens = usage["completion_tokens"] - self.counted
+                self.counted = usage["completion_tokens"]
+                rec.token_counts["usage"] = self.counted
+                rec.prompt_tokens_usage = usage.get("prompt_tokens")
+            elif choices and not role_only:
+                self.per_chunk = None  # a content chunk without usage: the split is unknown
+            if choices and (text or tokens > 0):
+                rec.chunk_ns.append(now)
+                self.pieces.append(text)
+                if self.per_chunk is not None:
+                    self.per_chunk.append(tokens)
+
+    def finish(self, texts: dict) -> None:
+        rec, per_chunk = self.rec, self.per_chunk
+        rec.chunk_tokens = per_chunk if per_chunk and len(per_chunk) == len(rec.chunk_ns) else None
+        texts[rec.index] = "".join(self.pieces)
+        if rec.error_type is None and not rec.chunk_ns:
+            rec.error_type, rec.error = "empty_response", "the stream carried no content"
 
 
 async def probe(session: aiohttp.ClientSession, url: str, model: str, api_key: str | None,
@@ -174,11 +199,11 @@ def resolve_target_engine(ws: Workspace, model: str, engine_dir: str | Path | No
     return next((e for e in ws.engines() if e.name == model), None)
 
 
-def make_issue(session, urls, path, model, spec, extensions, prompt_format, texts, bar, clock=CLOCK):
+def make_issue(client, urls, path, model, spec, extensions, prompt_format, texts, bar, clock=CLOCK):
     """The runner's issue(request, record, t0) for this client: one streaming request, round-robin over urls."""
     async def issue(req: BenchRequest, rec: RequestRecord, t0: int) -> None:
         body = request_body(req, model, spec, extensions, prompt_format)
-        await stream_completion(session, urls[req.index % len(urls)], path, body, rec, t0, texts, clock)
+        await stream_completion(client, urls[req.index % len(urls)], path, body, rec, t0, texts, clock)
         if bar is not None:
             bar.update(1)
 
@@ -189,20 +214,15 @@ async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_
                       workers=None):
     requests = build_requests(tokenizer, spec)
     path = PATHS[spec.endpoint]
-    pool = max(max((load.concurrency or 0) for load in loads), 1)
-    if any(load.open_loop for load in loads):
-        pool = max(pool, min(len(requests), 1024))  # open loop: every request in flight may need a socket
     n_workers = auto_workers(loads) if workers is None else workers
-    if n_workers > 1:
-        pool = 1  # the parent only probes
-    connector = aiohttp.TCPConnector(limit=pool, limit_per_host=0, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
     out = []
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE,
+    # aiohttp probes the servers (a few plain requests); the load's streams go through StreamClient
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
                                      headers=_headers(api_key)) as session:
         servers = [await probe(session, url, model, api_key, spec.endpoint) for url in urls]
         extensions = {k: all(s["extensions"][k] for s in servers) for k in servers[0]["extensions"]}
         workers_pool = None
+        client = StreamClient(_headers(api_key), timeout_s)  # the streamed requests' own connections
         if n_workers > 1:
             config = ClientConfig(urls, model, spec, extensions, prompt_format, api_key, timeout_s)
             workers_pool = WorkerPool(n_workers, config)
@@ -215,7 +235,7 @@ async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_
                     bar = tqdm(total=len(requests), desc=label, unit="req", disable=not progress, leave=False)
                     per_worker = None
                     if workers_pool is None:
-                        issue = make_issue(session, urls, path, model, spec, extensions, prompt_format, texts, bar)
+                        issue = make_issue(client, urls, path, model, spec, extensions, prompt_format, texts, bar)
                         with EnvironmentMonitor() as env:
                             records, monitor = await run_load(requests, load, issue, clock=CLOCK)
                     else:
@@ -227,6 +247,7 @@ async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_
                     bar.close()
                     out.append((i, load, records, monitor, texts, env.result, per_worker))
         finally:
+            client.close()
             if workers_pool is not None:
                 workers_pool.close()
     return servers, extensions, out, n_workers

@@ -114,9 +114,8 @@ def _records_out(records: list[RequestRecord]) -> list[dict]:
 
 async def _run_share(config: ClientConfig, load: LoadSpec, requests: list[BenchRequest], offsets, t0_ns: int,
                      barrier) -> dict:
-    import aiohttp
-
-    from trtbuild.bench.online import PATHS, READ_BUFSIZE, _headers, make_issue
+    from trtbuild.bench.http import StreamClient
+    from trtbuild.bench.online import PATHS, _headers, make_issue
     from trtbuild.bench.runner import run_load
 
     loop = asyncio.get_running_loop()
@@ -125,16 +124,14 @@ async def _run_share(config: ClientConfig, load: LoadSpec, requests: list[BenchR
         await loop.run_in_executor(None, barrier.wait, config.timeout_s + START_TIMEOUT_S)
 
     texts: dict[int, str] = {}
-    pool = max(load.concurrency or 0, 1)
-    if load.open_loop:
-        pool = max(1, min(len(requests), 1024))
-    connector = aiohttp.TCPConnector(limit=pool, limit_per_host=0, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=config.timeout_s),
-                                     read_bufsize=READ_BUFSIZE, headers=_headers(config.api_key)) as session:
-        issue = make_issue(session, config.urls, PATHS[config.spec.endpoint], config.model, config.spec,
+    client = StreamClient(_headers(config.api_key), config.timeout_s)
+    try:
+        issue = make_issue(client, config.urls, PATHS[config.spec.endpoint], config.model, config.spec,
                            config.extensions, config.prompt_format, texts, None, CLOCK)
         records, monitor = await run_load(requests, load, issue, clock=CLOCK, t0_ns=t0_ns, offsets=offsets,
                                           between=between)
+    finally:
+        client.close()
     return {"records": _records_out(records), "texts": texts, "pid": os.getpid(),
             "monitor": {"lags_ms": monitor.lags_ms, "cpu_thread": monitor.cpu_thread,
                         "cpu_process": monitor.cpu_process}}

@@ -249,8 +249,16 @@ class RequestStream:
                 reason = "length"
             if reason is not None:
                 text += self._text.flush()
-            self._publish(TokenEvent(token_id, index, text, logprob, top_logprobs, reason, now), reason)
-            return reason is not None
+                self._publish(TokenEvent(token_id, index, text, logprob, top_logprobs, reason, now), reason)
+                return True
+            # _publish for a token that does not end the request, inline (the lock is held already)
+            self.events.append(TokenEvent(token_id, index, text, logprob, top_logprobs, None, now))
+            if self._sync_waiters:
+                self._cond.notify_all()
+            listeners = self._listeners
+        for waker, listener in listeners:
+            waker.wake(listener)
+        return False
 
     def finish(self, reason: str, error: str | None = None) -> None:
         """End the request without a token (abort, error). Idempotent."""

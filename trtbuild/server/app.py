@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from trtbuild import __version__
 from trtbuild.runtime.interface import Engine
+from trtbuild.server.body import body_route
 from trtbuild.server.errors import bad_request, install_error_handlers, json_response, unavailable
 from trtbuild.server.generate import generate
 from trtbuild.server.guards import OFFLOAD_CHARS, off_loop
@@ -57,6 +58,11 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await generate(request, body)
+
+    # the same two routes without FastAPI's per-request machinery, matched first (trtbuild.server.body);
+    # the two above stay for /openapi.json
+    app.router.routes[:0] = [body_route("/v1/chat/completions", ChatCompletionRequest, generate),
+                             body_route("/v1/completions", CompletionRequest, generate)]
 
     @app.get("/v1/models")
     async def models() -> Response:

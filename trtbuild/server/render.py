@@ -135,9 +135,11 @@ class Renderer:
 
     def delta_chunk(self, index: int, events: list[TokenEvent], finish_reason: str | None) -> str | None:
         """The chunk for every event of one choice that arrived at once; None when it carries nothing."""
-        text = events[0].text if len(events) == 1 else "".join(e.text for e in events)
+        if len(events) == 1:  # the common case: one token since the last chunk
+            text, tokens = events[0].text, int(events[0].token_id >= 0)
+        else:
+            text, tokens = "".join(e.text for e in events), sum(1 for e in events if e.token_id >= 0)
         if self.continuous:
-            tokens = sum(1 for e in events if e.token_id >= 0)
             self._completion[index] = self._completion.get(index, 0) + tokens
         if finish_reason is None and not self.logprobs:
             if not text:
