@@ -47,9 +47,13 @@ class Metrics:
         # every HTTP response by status (429 overload, 503 not ready, 5xx): error-rate alerts need it
         self.responses = Counter(p + "http_responses", "HTTP responses by status code (499: client left first).",
                                  ["code"], registry=registry)
+        self._by_status: dict[int, object] = {}
 
     def count_response(self, status: int) -> None:
-        self.responses.labels(code=str(status)).inc()
+        child = self._by_status.get(status)
+        if child is None:  # labels() costs a lock and a tuple build a request; a status's child is reused
+            child = self._by_status[status] = self.responses.labels(code=str(status))
+        child.inc()
 
     def observe(self, streams: Sequence[RequestStream], prompt_tokens: int) -> None:
         """Record a finished request (all its choices). prompt_tokens counts each prompt once, as usage does."""
