@@ -249,16 +249,10 @@ class RequestStream:
                 reason = "length"
             if reason is not None:
                 text += self._text.flush()
-                self._publish(TokenEvent(token_id, index, text, logprob, top_logprobs, reason, now), reason)
-                return True
-            # _publish for a token that does not end the request, inline (the lock is held already)
-            self.events.append(TokenEvent(token_id, index, text, logprob, top_logprobs, None, now))
-            if self._sync_waiters:
-                self._cond.notify_all()
-            listeners = self._listeners
+            listeners = self._append(TokenEvent(token_id, index, text, logprob, top_logprobs, reason, now), reason)
         for waker, listener in listeners:
             waker.wake(listener)
-        return False
+        return reason is not None
 
     def finish(self, reason: str, error: str | None = None) -> None:
         """End the request without a token (abort, error). Idempotent."""
@@ -276,15 +270,19 @@ class RequestStream:
 
     def _publish(self, event: TokenEvent, reason: str | None) -> None:
         with self._lock:
-            self.events.append(event)
-            if reason is not None:
-                self.finish_reason = reason
-                self.timings.finished_ns = event.time_ns
-            if self._sync_waiters:
-                self._cond.notify_all()
-            listeners = self._listeners
+            listeners = self._append(event, reason)
         for waker, listener in listeners:
             waker.wake(listener)
+
+    def _append(self, event: TokenEvent, reason: str | None) -> tuple:
+        """With the lock held: record the event (its reason ends the request); returns the listeners to wake."""
+        self.events.append(event)
+        if reason is not None:
+            self.finish_reason = reason
+            self.timings.finished_ns = event.time_ns
+        if self._sync_waiters:
+            self._cond.notify_all()
+        return self._listeners
 
     # --- caller side ------------------------------------------------------------------------------
     @property
