@@ -1,6 +1,7 @@
 """trtbuild.bench.http, the online bench's streaming client, against a raw asyncio server that writes exact
 bytes: chunked bodies decoded as they arrive, keep-alive reuse, error statuses, a connection closed
-mid-body, timeouts, and a kept-alive connection the server closed before its reuse."""
+mid-body, timeouts, a kept-alive connection the server closed before its reuse, and a body that ends
+with the connection."""
 
 from __future__ import annotations
 
@@ -155,3 +156,22 @@ def test_a_kept_alive_connection_closed_by_the_server_is_replaced_once():
 
     pieces, opened = run(main())
     assert pieces == [b"ok", b"ok"] and opened == 2
+
+
+def test_a_body_without_length_or_chunks_ends_when_the_server_closes():
+    async def answer(request, writer, n):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        writer.write(b"data: a\n\n")
+        await writer.drain()
+        return False  # the close ends the body
+
+    async def main():
+        url, server, _ = await serve(answer)
+        client = StreamClient(timeout_s=10)
+        pieces = []
+        await client.post(url, "/v1/completions", b"{}", pieces.append)
+        client.close()
+        server.close()
+        return pieces
+
+    assert run(main()) == [b"data: a\n\n"]

@@ -6,7 +6,8 @@ Why not aiohttp for this part (it still probes the server): at GPU rates (256 st
 iterator before it was stamped, and one client core fell behind (loop-lag p99 40-60 ms at 256 streams,
 every such run marked invalid). Here a read is parsed by httptools (the C parser uvicorn uses; it undoes
 chunked framing) and the body piece goes to `on_body` in the same callback: no task runs until the
-response ends. TLS (https URLs) and a bearer key are supported; proxies are not (neither were they with
+response ends. Bodies may be framed by Content-Length, by chunks or by the server closing the connection;
+TLS (https URLs) and a bearer key are supported; proxies are not (neither were they with
 the aiohttp session, which ignored the environment's).
 """
 
@@ -38,6 +39,7 @@ class _Connection(asyncio.Protocol):
         self.sink: Callable[[bytes], None] | None = None
         self.error_body = bytearray()
         self.status = 0
+        self.framed = False  # Content-Length or chunked; else the body ends when the server closes
         self.reusable = False
         self.lost = False
 
@@ -57,9 +59,19 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.lost = True
+        if exc is None and self.status and not self.framed and self.done is not None and not self.done.done():
+            self.done.set_result(self.status)  # a close-delimited body (no length, not chunked) ends here
+            return
         self._fail(ConnectionError(f"the server closed the connection{f': {exc}' if exc else ''}"))
 
     # --- httptools callbacks -----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.framed = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
 
