@@ -127,9 +127,11 @@ class StreamClient:
                         on_body: Callable[[bytes], None]) -> None:
         loop = asyncio.get_running_loop()
         conn.done, conn.sink, conn.status, conn.error_body = loop.create_future(), on_body, 0, bytearray()
-        host = urlsplit(url).netloc.encode("latin-1")
+        parts = urlsplit(url)  # a URL may carry a path prefix (a gateway's route): the request goes under it
+        target = (parts.path.rstrip("/") + path).encode()
         conn.transport.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n%s\r\n%s" % (path.encode(), host, len(body), self.extra, body))
+                             b"Content-Length: %d\r\n%s\r\n%s" % (target, parts.netloc.encode("latin-1"), len(body),
+                                                                  self.extra, body))
         try:
             async with asyncio.timeout(self.timeout_s):
                 status = await conn.done
