@@ -8,7 +8,7 @@ content-type parsing) cost ~150 us of the ~650 us a streamed completion took in-
 of ours (validation, plan, tokenizing, submit: ~100 us). The routes below sit before FastAPI's own for
 the same paths, which stay for /openapi.json and never run. Errors are FastAPI's, byte for byte: the
 same RequestValidationError (locations under "body"), so the same handlers answer them
-(trtbuild.server.errors); tests/test_server_contract.py holds both to the same answers.
+(trtbuild.server.errors); tests/test_server_body.py holds both to the same answers.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ The flow of one request, cheap checks first:
    prompts off the event loop), check the context length, build one SamplingParams per choice;
    then submit every sequence (ServerState.submit admits again: the queue may have filled meanwhile);
 3. non-streaming: wait for all results, racing the client's disconnect;
-   streaming: send one SSE chunk per batch of tokens that arrived together (RequestStream.aiter_batches),
-   so a busy server sends at most one event per request per engine step;
+   streaming: send one SSE chunk per batch of tokens that arrived together, so a busy server sends at
+   most one event per request per engine step: written from the engine's wake-up while the socket takes
+   them (write_directly), else awaited (RequestStream.aiter_batches);
 4. always (finished, failed, or the client left): cancel what still runs, free the admission slots,
    record metrics and the access-log fields.
 """
