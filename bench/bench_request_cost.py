@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_serving_path import cpu_seconds, pin  # this directory: the same /proc reading and pinning
+
 HERE = Path(__file__).resolve().parent
 ONE_CHUNK = b'data: {"choices":[{"index":0,"text":" x"}],"usage":{"completion_tokens":1}}\n\ndata: [DONE]\n\n'
 
@@ -54,28 +56,23 @@ def serve(kind: str) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(kind: str, connections: int, requests: int) -> float:
     """Server CPU seconds per request."""
     from trtbuild.bench.http import StreamClient
     from trtbuild.bench.runner import run_client
 
     cpus = sorted(os.sched_getaffinity(0))
-    server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (set(cpus), set(cpus))
+    server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (None, None)
     server = subprocess.Popen([sys.executable, __file__, "--serve", kind], stdout=subprocess.PIPE,
-                              preexec_fn=lambda: os.sched_setaffinity(0, server_cpus))
+                              preexec_fn=pin(server_cpus))
     try:
         url = f"http://127.0.0.1:{int(server.stdout.readline())}"
         time.sleep(1.0)  # the app's engine loads in the lifespan
         body = json.dumps({"model": "stub-10ms", "prompt": "The history of the city begins with a small market",
                            "max_tokens": 1, "stream": True,
                            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}).encode()
-        os.sched_setaffinity(0, client_cpus)
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)
 
         async def main() -> float:
             client = StreamClient(timeout_s=60)

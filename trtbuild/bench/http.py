@@ -50,12 +50,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:  # not asked for: treat like any other protocol error
-            self._fail(ConnectionError("the server switched protocols"))
-        except httptools.HttpParserError as exc:
-            self._fail(exc.__context__ if isinstance(exc.__context__, BaseException) and
-                       not isinstance(exc.__context__, httptools.HttpParserError) else
-                       ConnectionError(f"unparseable HTTP response: {exc}"))
+        except httptools.HttpParserCallbackError as exc:  # on_body's sink raised: that error, not the parser's
+            self._fail(exc.__context__ or ConnectionError(str(exc)))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # an upgrade was not asked for
+            self._fail(ConnectionError(f"unparseable HTTP response: {exc}"))
 
     def connection_lost(self, exc) -> None:
         self.lost = True

@@ -15,8 +15,6 @@ and the run marked invalid, when (docs/benchmarks.md explains the thresholds):
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import os
 import time
 from typing import Awaitable, Callable, TypeVar
@@ -28,6 +26,7 @@ from trtbuild.bench import metrics
 from trtbuild.bench.arrivals import LoadSpec, schedule
 from trtbuild.bench.results import BenchResult, RequestRecord, RunSummary, new_run_id, now_iso, system_info, versions
 from trtbuild.bench.workload import BenchRequest, WorkloadSpec
+from trtbuild.heap import frozen_heap
 
 LAG_FLOOR_MS = 5.0
 LAG_FRACTION = 0.10
@@ -156,28 +155,10 @@ async def run_load(requests, load: LoadSpec, issue: Issue, clock: Callable[[], i
     """Drive the load under a ClientMonitor; returns the records and the monitor. t0_ns (on `clock`):
     the origin of every stamp, default now (workers get their parent's, so their records merge)."""
     t0 = clock() if t0_ns is None else t0_ns
-    with quiet_gc():
+    with frozen_heap():
         async with ClientMonitor() as monitor:
             records = await drive(requests, load, issue, t0, clock, offsets, between)
     return records, monitor
-
-
-@contextlib.contextmanager
-def quiet_gc(threshold: tuple[int, int, int] = (20_000, 20, 100)):
-    """No full collection mid-run: the heap built before the load (imports, tokenizer, workload) is frozen
-    out of the collector, and the young generation may grow further before a collection. With CPython's
-    defaults a client at 256 streams (64-token outputs, 1,024 requests) ran one full collection of 50-70 ms
-    mid-load, during which no chunk is read or stamped. The server does the same
-    (trtbuild.server.state.freeze_heap)."""
-    old = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*(max(a, b) for a, b in zip(old, threshold)))
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-        gc.unfreeze()
 
 
 class PooledMonitor:

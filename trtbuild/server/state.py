@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import threading
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from trtbuild.errors import TrtbuildError
+from trtbuild.heap import freeze_heap
 from trtbuild.runtime.interface import ContextLengthExceeded, Engine, EngineError, RequestStream, SamplingParams
 from trtbuild.server.errors import APIError, bad_request, model_not_found, overloaded, unavailable
 from trtbuild.server.limits import ConnectionLimits, ConnectionMetrics
@@ -33,25 +33,6 @@ class ServerSettings:
     max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies -> 413
     shutdown_timeout: float = 10.0  # seconds in-flight requests get to finish on SIGTERM before being cancelled
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # headers, timeouts, connections
-
-
-# Young-generation threshold and the older generations' multipliers while serving (CPython: 700, 10, 10).
-# Stub benchmark (bench/stub_engine.py, 256 streams of a 10 ms step, 65,536 tokens, GC CPU measured with
-# gc.callbacks): the defaults ran ~320 young, 28 middle and 3 full collections, the full ones ~25 ms of CPU
-# each, a stall of every stream longer than the 20 ms an ITL p99 of 2 steps allows; 3.1 us of GC CPU a
-# token. With these: ~20 young collections of ~4 ms, 1 middle, no full one; 1.3 us a token.
-GC_THRESHOLD = (20_000, 20, 100)
-
-
-def freeze_heap() -> None:
-    """Move everything loaded so far (torch, transformers, the model's modules: millions of objects) out
-    of the garbage collector's sight, as vLLM's server does: full collections triggered by per-token
-    garbage no longer rescan it (they took ~13% of a busy server's CPU); then collect less often
-    (GC_THRESHOLD)."""
-    gc.collect()
-    gc.freeze()
-    if gc.get_threshold()[0] < GC_THRESHOLD[0]:  # never lower what the operator set (PYTHON* env, a wrapper)
-        gc.set_threshold(*GC_THRESHOLD)
 
 
 def warm_up(engine: Engine) -> None:
