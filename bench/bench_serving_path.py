@@ -70,6 +70,7 @@ def one_run(code: Path, step_ms: float, streams: int, args) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    stub_stats = _last_json(server.stderr.read().decode(errors="replace"))
     lat, tput = run["latency_ms"], run["throughput"]
     metric = next((m for m in ("itl_token", "itl_chunk") if (lat.get(m) or {}).get("p99") is not None), "itl_chunk")
     itl = lat.get(metric) or {}
@@ -89,8 +90,18 @@ def one_run(code: Path, step_ms: float, streams: int, args) -> dict:
             "client_loop_lag_p99_ms": max([(w.get("loop_lag_ms") or {}).get("p99") or 0 for w in
                                            run["client"].get("workers") or [run["client"]]]),
             "client_cpu_share": round(run["client"].get("cpu_process") or 0.0, 2),  # of one core, during the load
+            # how late the stub's steps started: a step waits for the GIL while the event loop holds it
+            "step_lateness_ms": stub_stats.get("step_lateness_ms"),
             "client_reasons": run["validity"]["reasons"], "extensions": run["target"].get("extensions"),
             "load_average": os.getloadavg()}
+
+
+def _last_json(text: str) -> dict:
+    """The stub's exit counters (its last stderr line), or {} from a stub that prints none."""
+    try:
+        return json.loads(text.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {}
 
 
 def main(argv=None) -> int:
@@ -120,7 +131,8 @@ def main(argv=None) -> int:
                       f"{run['engine_thread_us_per_token']}), "
                       f"client {'ok' if run['client_valid'] else 'INVALID'} ({run['client_workers']} worker(s), "
                       f"{run['client_cpu_share']:.0%} of a core, loop lag "
-                      f"p99 {run['client_loop_lag_p99_ms']:.1f} ms), load {run['load_average'][0]:.1f}",
+                      f"p99 {run['client_loop_lag_p99_ms']:.1f} ms), step lateness {run['step_lateness_ms']}, "
+                      f"load {run['load_average'][0]:.1f}",
                       file=sys.stderr, flush=True)
     for streams in sorted({run["streams"] for run in runs}):  # medians over rounds: single runs swing on a shared box
         for code in codes:

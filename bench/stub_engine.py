@@ -53,6 +53,7 @@ class StubEngine(Engine):
         self._closing = False
         self.steps = 0
         self.late_steps = 0  # steps that started more than one step late (the process could not keep up)
+        self.lateness_s: list[float] = []  # how late each step with requests started (the GIL, the core)
         self._thread = threading.Thread(target=self._loop, name="stub-engine", daemon=True)
         self._thread.start()
 
@@ -104,7 +105,7 @@ class StubEngine(Engine):
                     next_step = time.perf_counter() + self.step_s  # a new request waits for the next step
                 if self._closing:
                     return
-                self._running = [s for s in self._running if not s.finished]
+                self._running = [s for s in self._running if s.finish_reason is None]  # (no property call each)
                 while self._waiting and len(self._running) < self.info.max_batch_size:
                     stream = self._waiting.popleft()
                     if not stream.finished:
@@ -116,6 +117,7 @@ class StubEngine(Engine):
                 time.sleep(delay)
             elif delay < -self.step_s:
                 self.late_steps += 1
+            self.lateness_s.append(time.perf_counter() - next_step)
             next_step = max(next_step + self.step_s, time.perf_counter() - self.step_s)
             self.steps += 1
             with batched():
@@ -187,7 +189,10 @@ def main(argv=None) -> int:
         uvicorn.Server(config).run(sockets=[sock])
     import gc
 
-    print(json.dumps({"steps": engine.steps, "late_steps": engine.late_steps, **gc_time,
+    late = sorted(engine.lateness_s) or [0.0]
+    print(json.dumps({"steps": engine.steps, "late_steps": engine.late_steps,
+                      "step_lateness_ms": {q: round(late[int(f * (len(late) - 1))] * 1e3, 2) for q, f in
+                                           (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))}, **gc_time,
                       "gc_frozen": gc.get_freeze_count(), "gc_tracked": len(gc.get_objects()),
                       "gc_threshold": gc.get_threshold()}), file=sys.stderr, flush=True)
     return 0

@@ -6,6 +6,7 @@ with the connection."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -175,3 +176,54 @@ def test_a_body_without_length_or_chunks_ends_when_the_server_closes():
         return pieces
 
     assert run(main()) == [b"data: a\n\n"]
+
+
+def recorded(reads: list[bytes], transport_error: tuple[str, str] | None = None):
+    """A StreamRecorder fed `reads` at clock ticks 10, 20, 30, ..., then settled: (record, text)."""
+    from trtbuild.bench.online import StreamRecorder, settle_texts
+    from trtbuild.bench.results import RequestRecord
+
+    ticks = iter(range(10, 10_000, 10))
+    rec = RequestRecord(index=7)
+    recorder = StreamRecorder(rec, 0, lambda: next(ticks))
+    for data in reads:
+        recorder.feed(data)
+    assert rec.chunk_ns == [] and rec.token_counts == {}  # nothing is parsed while the load runs
+    if transport_error:
+        rec.error_type, rec.error = transport_error
+    texts: dict = {}
+    recorder.finish(texts)
+    return rec, settle_texts(texts)[7]
+
+
+def event(text: str, done: int | None = None, finish: str | None = None) -> bytes:
+    usage = None if done is None else {"prompt_tokens": 3, "completion_tokens": done, "total_tokens": 3 + done}
+    return b"data: " + json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": finish}],
+                                   "usage": usage}).encode() + b"\n\n"
+
+
+def test_reads_are_stamped_as_they_come_and_parsed_after_the_load():
+    """Each content event gets the stamp of the read that completed it, however the bytes were split;
+    continuous usage gives the tokens of each chunk; a chat role chunk carries no token."""
+    a, b, c = event(" one", 1), event(" two three", 3), event("", 3, "length")
+    rec, text = recorded([a[:9], a[9:] + b[:4], b[4:], c + b"data: [DONE]\n\n"])
+    assert text == " one two three"
+    assert rec.first_byte_ns == 10 and rec.chunk_ns == [20, 30]
+    assert rec.chunk_tokens == [1, 2] and rec.token_counts == {"usage": 3} and rec.prompt_tokens_usage == 3
+    assert rec.finish_reason == "length" and rec.error_type is None
+    role = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    chat = b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    rec, text = recorded([role, chat])
+    assert text == "Hi" and rec.chunk_ns == [20] and rec.chunk_tokens is None  # no usage: the split is unknown
+
+
+def test_stream_errors_garbage_and_empty_streams_become_the_records_error():
+    rec, _ = recorded([event(" a", 1), b'data: {"error": {"message": "engine failed"}}\n\n'])
+    assert (rec.error_type, rec.error) == ("stream_error", "engine failed") and rec.chunk_ns == [10]
+    rec, _ = recorded([event(" a", 1), b"data: {not json\n\n", event(" b", 2)])
+    assert rec.error_type == "bad_response" and rec.chunk_ns == [10]  # nothing after it is trusted
+    rec, _ = recorded([b"data: [DONE]\n\n"])
+    assert rec.error_type == "empty_response"
+    # the transport's error came last (the stream was cut after the server's error event): it stays
+    rec, _ = recorded([b'data: {"error": {"message": "x"}}\n\n'], ("connection", "ConnectionResetError"))
+    assert (rec.error_type, rec.error) == ("connection", "ConnectionResetError")

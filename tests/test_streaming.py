@@ -9,7 +9,7 @@ import threading
 import time
 
 from trtbuild.runtime.interface import LoopWaker, RequestStream, SamplingParams, TokenEvent, batched_wakeups
-from trtbuild.server.generate import sse_events
+from trtbuild.server.generate import SSEResponse, sse_events
 from trtbuild.server.limits import write_body_now
 from trtbuild.server.render import DONE, Renderer, TokenTexts
 
@@ -244,3 +244,43 @@ def test_write_body_now_writes_what_uvicorns_send_writes_and_refuses_what_it_can
         assert len(t2.data) == 3  # head, one chunk, the end: nothing written by a refusal
 
     asyncio.run(main())
+
+
+def test_the_sse_response_ends_quietly_when_the_client_leaves_and_passes_on_other_cancellations():
+    """SSEResponse runs its body in the request's own task and a watcher cancels it on http.disconnect:
+    then the response just ends (cleanup ran, the task is not left cancelling); a cancellation from
+    elsewhere (the server shutting down) still reaches the caller, after cleanup."""
+    async def stalled(write_now):  # a body waiting for tokens that never come
+        yield "data: first\n\n"
+        await asyncio.Event().wait()
+
+    async def respond(disconnect_after: float | None):
+        cleaned, sent = [], []
+        gone = asyncio.Event()
+
+        async def receive():
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        response = SSEResponse(stalled, cleanup=lambda: cleaned.append(True))
+        task = asyncio.ensure_future(response({"type": "http"}, receive, send))
+        await asyncio.sleep(0.05)
+        if disconnect_after is not None:
+            gone.set()
+        else:
+            task.cancel()
+        try:
+            await asyncio.wait_for(task, 1)
+            outcome = "returned"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        return outcome, cleaned, task.cancelling(), [m.get("body", b"") for m in sent]
+
+    outcome, cleaned, cancelling, bodies = asyncio.run(respond(disconnect_after=0.05))
+    assert (outcome, cleaned, cancelling) == ("returned", [True], 0)
+    assert bodies == [b"", b"data: first\n\n"]  # the head, the first chunk; nothing after the client left
+    outcome, cleaned, _, _ = asyncio.run(respond(disconnect_after=None))
+    assert (outcome, cleaned) == ("cancelled", [True])

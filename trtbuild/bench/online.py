@@ -91,70 +91,89 @@ async def stream_completion(client: StreamClient, url: str, path: str, body: dic
 
 
 class StreamRecorder:
-    """One streamed response into its RequestRecord, fed from the socket's reads (trtbuild.bench.http):
-    each read is stamped once, its SSE events parsed; content events become chunk stamps, text and
-    (from continuous usage) token counts."""
+    """One streamed response into its RequestRecord, fed from the socket's reads (trtbuild.bench.http).
+    A read is only stamped and kept while the load runs: at 256 streams the reads of one engine step
+    arrive together, and the last one's stamp waits for every callback before it (parsing the events in
+    the read path took ~60% of the client's CPU and put its loop-lag p99 past 5 ms). `settle()`, after
+    the load, parses the SSE events: content events become chunk stamps, text and (from continuous usage)
+    token counts."""
 
     def __init__(self, rec: RequestRecord, t0: int, clock):
         self.rec, self.t0, self.clock = rec, t0, clock
-        self.parser, self.pieces = SSEParser(), []
-        self.counted = 0  # completion tokens reported by continuous usage so far
-        self.per_chunk: list[int] | None = []
-        self.broken = False
+        self.stamps: list[int] = []
+        self.reads: list[bytes] = []
 
     def feed(self, data: bytes) -> None:
-        rec = self.rec
         now = self.clock() - self.t0
-        if rec.first_byte_ns is None:
-            rec.first_byte_ns = now
-        if self.broken:
-            return
-        try:
-            self._events(self.parser.feed(data), now)
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as exc:
-            self.broken = True  # what follows an unparseable event is not trusted either
-            rec.error_type, rec.error = "bad_response", f"unparseable stream event: {exc}"[:300]
-
-    def _events(self, payloads: list[str], now: int) -> None:
-        rec = self.rec
-        for payload in payloads:
-            if payload == "[DONE]":
-                continue
-            event = json.loads(payload)
-            if "error" in event:
-                err = event["error"]
-                rec.error_type = "stream_error"
-                rec.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
-                continue
-            usage = event.get("usage") or None
-            choices = event.get("choices") or []
-            text, tokens, role_only = "", 0, False
-            if choices:
-                choice = choices[0]
-                delta = choice.get("delta") or {}
-                text = choice.get("text") or delta.get("content") or ""
-                rec.finish_reason = choice.get("finish_reason") or rec.finish_reason
-                # chat's first chunk: {"role": "assistant", "content": ""}, no token yet
-                role_only = "role" in delta and not text and not choice.get("finish_reason")
-            if usage is not None and usage.get("completion_tokens") is not None:
-                tokens = usage["completion_tokens"] - self.counted
-                self.counted = usage["completion_tokens"]
-                rec.token_counts["usage"] = self.counted
-                rec.prompt_tokens_usage = usage.get("prompt_tokens")
-            elif choices and not role_only:
-                self.per_chunk = None  # a content chunk without usage: the split is unknown
-            if choices and (text or tokens > 0):
-                rec.chunk_ns.append(now)
-                self.pieces.append(text)
-                if self.per_chunk is not None:
-                    self.per_chunk.append(tokens)
+        if self.rec.first_byte_ns is None:
+            self.rec.first_byte_ns = now
+        self.stamps.append(now)
+        self.reads.append(data)
 
     def finish(self, texts: dict) -> None:
-        rec, per_chunk = self.rec, self.per_chunk
+        texts[self.rec.index] = self  # settled after the load (settle_texts)
+
+    def settle(self) -> str:
+        """Parse what was read; returns the text. An error the transport met (stream_completion) stays
+        the request's error over one found in the events, as it came later."""
+        rec = self.rec
+        transport_error = (rec.error_type, rec.error) if rec.error_type is not None else None
+        parser, pieces, counted, per_chunk = SSEParser(), [], 0, []
+        try:
+            for now, data in zip(self.stamps, self.reads):
+                for payload in parser.feed(data):
+                    counted, per_chunk = self._event(payload, now, pieces, counted, per_chunk)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+            # what follows an unparseable event is not trusted either
+            rec.error_type, rec.error = "bad_response", f"unparseable stream event: {exc}"[:300]
+        self.stamps, self.reads = [], []
+        if transport_error is not None:
+            rec.error_type, rec.error = transport_error
         rec.chunk_tokens = per_chunk if per_chunk and len(per_chunk) == len(rec.chunk_ns) else None
-        texts[rec.index] = "".join(self.pieces)
         if rec.error_type is None and not rec.chunk_ns:
             rec.error_type, rec.error = "empty_response", "the stream carried no content"
+        return "".join(pieces)
+
+    def _event(self, payload: str, now: int, pieces: list, counted: int, per_chunk: list | None):
+        """One event's payload into the record; returns (completion tokens counted, tokens per chunk or None)."""
+        rec = self.rec
+        if payload == "[DONE]":
+            return counted, per_chunk
+        event = json.loads(payload)
+        if "error" in event:
+            err = event["error"]
+            rec.error_type = "stream_error"
+            rec.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
+            return counted, per_chunk
+        usage = event.get("usage") or None
+        choices = event.get("choices") or []
+        text, tokens, role_only = "", 0, False
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            text = choice.get("text") or delta.get("content") or ""
+            rec.finish_reason = choice.get("finish_reason") or rec.finish_reason
+            # chat's first chunk: {"role": "assistant", "content": ""}, no token yet
+            role_only = "role" in delta and not text and not choice.get("finish_reason")
+        if usage is not None and usage.get("completion_tokens") is not None:
+            tokens = usage["completion_tokens"] - counted
+            counted = usage["completion_tokens"]
+            rec.token_counts["usage"] = counted
+            rec.prompt_tokens_usage = usage.get("prompt_tokens")
+        elif choices and not role_only:
+            per_chunk = None  # a content chunk without usage: the split is unknown
+        if choices and (text or tokens > 0):
+            rec.chunk_ns.append(now)
+            pieces.append(text)
+            if per_chunk is not None:
+                per_chunk.append(tokens)
+        return counted, per_chunk
+
+
+def settle_texts(texts: dict) -> dict[int, str]:
+    """After a load: every request's StreamRecorder (stream_completion left it in texts) parsed into its
+    record; returns request index -> text."""
+    return {index: r.settle() if isinstance(r, StreamRecorder) else r for index, r in texts.items()}
 
 
 async def probe(session: aiohttp.ClientSession, url: str, model: str, api_key: str | None,
@@ -238,6 +257,7 @@ async def _run_online(urls, model, spec, loads, api_key, prompt_format, timeout_
                         issue = make_issue(client, urls, path, model, spec, extensions, prompt_format, texts, bar)
                         with EnvironmentMonitor() as env:
                             records, monitor = await run_load(requests, load, issue, clock=CLOCK)
+                        texts = settle_texts(texts)
                     else:
                         with EnvironmentMonitor(own_pids=workers_pool.pids) as env:
                             parts = await asyncio.get_running_loop().run_in_executor(

@@ -115,7 +115,7 @@ def _records_out(records: list[RequestRecord]) -> list[dict]:
 async def _run_share(config: ClientConfig, load: LoadSpec, requests: list[BenchRequest], offsets, t0_ns: int,
                      barrier) -> dict:
     from trtbuild.bench.http import StreamClient
-    from trtbuild.bench.online import PATHS, _headers, make_issue
+    from trtbuild.bench.online import PATHS, _headers, make_issue, settle_texts
     from trtbuild.bench.runner import run_load
 
     loop = asyncio.get_running_loop()
@@ -132,6 +132,7 @@ async def _run_share(config: ClientConfig, load: LoadSpec, requests: list[BenchR
                                           between=between)
     finally:
         client.close()
+    texts = settle_texts(texts)  # before the records go out: it fills them
     return {"records": _records_out(records), "texts": texts, "pid": os.getpid(),
             "monitor": {"lags_ms": monitor.lags_ms, "cpu_thread": monitor.cpu_thread,
                         "cpu_process": monitor.cpu_process}}

@@ -95,19 +95,25 @@ class RequestStream:
             if top_logprobs is not None:
                 self.top_logprobs.append(top_logprobs)
             reason, text = None, ""
-            if index >= self._min_tokens and token_id == self._eos_id:
+            # (the comparison that is almost always false first: this runs once per token of every stream)
+            if token_id == self._eos_id and index >= self._min_tokens:
                 reason, self.stop_reason = "stop", None
-            elif index >= self._min_tokens and token_id in self._stop_ids:
+            elif token_id in self._stop_ids and index >= self._min_tokens:
                 reason, self.stop_reason = "stop", token_id
             else:
                 text = self._text.push(token_id)
                 if self._text.stopped is not None:
                     reason, self.stop_reason = "stop", self._text.stopped
-            if reason is None and index + 1 >= self._length_limit:
+            if index + 1 >= self._length_limit and reason is None:
                 reason = "length"
-            if reason is not None:
+            if reason is None:  # _append's work, inline for the common case
+                self.events.append(TokenEvent(token_id, index, text, logprob, top_logprobs, None, now))
+                if self._sync_waiters:
+                    self._cond.notify_all()
+                listeners = self._listeners
+            else:
                 text += self._text.flush()
-            listeners = self._append(TokenEvent(token_id, index, text, logprob, top_logprobs, reason, now), reason)
+                listeners = self._append(TokenEvent(token_id, index, text, logprob, top_logprobs, reason, now), reason)
         for waker, listener in listeners:
             waker.wake(listener)
         return reason is not None

@@ -43,16 +43,22 @@ class LoopWaker:
 
     def wake(self, listener: Callable[[], None]) -> None:
         """Any thread: call `listener()` on the loop soon (a listener must not raise)."""
+        held = getattr(LoopWaker._held, "wakers", None)
+        if held is not None:  # inside batched_wakeups: collected without the lock, handed over at its end
+            pending = held.get(self)
+            if pending is None:
+                pending = held[self] = []
+            pending.append(listener)
+            return
+        self._add([listener])
+
+    def _add(self, listeners: list[Callable[[], None]]) -> None:
         with self._lock:
-            self._listeners.append(listener)
+            self._listeners += listeners
             if self._scheduled:
                 return
             self._scheduled = True
-        held = getattr(LoopWaker._held, "wakers", None)
-        if held is not None:
-            held.add(self)
-        else:
-            self._schedule()
+        self._schedule()
 
     def _schedule(self) -> None:
         loop = self._loop()
@@ -75,11 +81,11 @@ class LoopWaker:
 def batched_wakeups():
     """Engine side: wake each waiting event loop once, when the block ends, for every token emitted in it."""
     outer = getattr(LoopWaker._held, "wakers", None)
-    LoopWaker._held.wakers = held = set() if outer is None else outer
+    LoopWaker._held.wakers = held = {} if outer is None else outer  # waker -> its listeners, in order
     try:
         yield
     finally:
         if outer is None:
             LoopWaker._held.wakers = None
-            for waker in held:
-                waker._schedule()
+            for waker, listeners in held.items():
+                waker._add(listeners)

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from trtbuild import __version__
 from trtbuild.runtime.interface import Engine
-from trtbuild.server.body import body_route
+from trtbuild.server.body import body_route, lane
 from trtbuild.server.errors import bad_request, install_error_handlers, json_response, unavailable
 from trtbuild.server.generate import generate
 from trtbuild.server.guards import OFFLOAD_CHARS, off_loop
@@ -32,8 +32,24 @@ from trtbuild.server.protocol import ChatCompletionRequest, CompletionRequest, D
 from trtbuild.server.state import ServerSettings, ServerState
 
 
+class ServerApp(FastAPI):
+    """FastAPI, with a lane past its whole middleware stack for the two generation POSTs: the requests a
+    busy server admits hundreds of a second (trtbuild.server.body). Every other request, and any under a
+    root path (the router strips it), takes FastAPI's stack."""
+
+    lanes: dict[str, Callable] = {}  # path -> ASGI app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            route = self.lanes.get(scope["path"])
+            if route is not None:
+                scope["app"] = self  # what Starlette sets: handlers find the server's state through it
+                return await route(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
 def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings | None = None,
-               on_load_error: Callable[[Exception], None] | None = None) -> FastAPI:
+               on_load_error: Callable[[Exception], None] | None = None) -> ServerApp:
     settings = settings or ServerSettings()
     state = ServerState(engine, settings)
 
@@ -43,13 +59,14 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
         yield
         state.close()  # in-flight requests were given shutdown_timeout to finish; the rest end "abort"
 
-    app = FastAPI(title="trtbuild OpenAI-compatible server", version=__version__, lifespan=lifespan,
+    app = ServerApp(title="trtbuild OpenAI-compatible server", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible endpoints for one engine built by trtbuild.")
     app.state.server = state
     install_error_handlers(app)
-    app.add_middleware(ServerMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-                       body_timeout=settings.limits.header_timeout, full=state.full,
-                       on_response=state.metrics.count_response)
+    middleware = dict(api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                      body_timeout=settings.limits.header_timeout, full=state.full,
+                      on_response=state.metrics.count_response)
+    app.add_middleware(ServerMiddleware, **middleware)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -59,10 +76,13 @@ def create_app(engine: Engine | Callable[[], Engine], settings: ServerSettings |
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await generate(request, body)
 
-    # the same two routes without FastAPI's per-request machinery, matched first (trtbuild.server.body);
-    # the two above stay for /openapi.json
-    app.router.routes[:0] = [body_route("/v1/chat/completions", ChatCompletionRequest, generate),
-                             body_route("/v1/completions", CompletionRequest, generate)]
+    # the same two routes without FastAPI's per-request machinery (trtbuild.server.body): as lanes past the
+    # middleware stack, and as routes matched first under a root path; the two above stay for /openapi.json
+    lean = [body_route("/v1/chat/completions", ChatCompletionRequest, generate),
+            body_route("/v1/completions", CompletionRequest, generate)]
+    app.router.routes[:0] = lean
+    app.lanes = {route.path: ServerMiddleware(lane(route.endpoint, app.exception_handlers), **middleware)
+                 for route in lean}
 
     @app.get("/v1/models")
     async def models() -> Response:

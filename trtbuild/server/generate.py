@@ -182,7 +182,7 @@ class SSEResponse(Response):  # a Response to FastAPI (returned as is); its own 
     server's `send` (ServerMiddleware puts it in the scope), or, where the HTTP protocol offers one
     (`trtbuild.write_body`, trtbuild.server.limits), to its synchronous writer (see write_directly). The
     final chunk, the usage chunk, [DONE] and the end of the body leave in one write. A second task waits
-    for the client's disconnect and stops the body when it comes; `cleanup` runs however the response ends
+    for the client's disconnect and cancels the body (this task) when it comes; `cleanup` runs however the response ends
     (before the body ever started, too). `events(write_now)` makes the body's chunks."""
 
     media_type = "text/event-stream"
@@ -198,20 +198,27 @@ class SSEResponse(Response):  # a Response to FastAPI (returned as is); its own 
 
     async def __call__(self, scope, receive, send):
         chunks = self.events(scope.get("trtbuild.write_body"))
-        body = asyncio.ensure_future(self._stream(chunks, send, scope.get("trtbuild.send", send)))
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        task = asyncio.current_task()
+        streaming, left = True, False
+
+        async def watch() -> None:  # the body runs in this task; the client's disconnect cancels it
+            nonlocal left
+            await _wait_disconnect(receive)
+            if streaming:
+                left = True
+                task.cancel()
+
+        gone = asyncio.ensure_future(watch())
         try:
-            await asyncio.wait((body, gone), return_when=asyncio.FIRST_COMPLETED)
+            await self._stream(chunks, send, scope.get("trtbuild.send", send))
+        except asyncio.CancelledError:
+            if not left or task.uncancel() > 0:  # not (only) ours: the server's shutdown, a timeout
+                raise
         finally:
-            for task in (gone, body):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            streaming = False  # no await since the body ended: `watch` cannot have cancelled anything after it
+            gone.cancel()
             self.cleanup()
             await chunks.aclose()  # a generator left suspended by the cancellation
-        if not body.cancelled() and body.exception() is not None:
-            raise body.exception()
 
     @staticmethod
     async def _stream(chunks: AsyncIterator[str], send, send_body):

@@ -152,6 +152,8 @@ def protocol_class(limits: ConnectionLimits, metrics: ConnectionMetrics) -> type
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._in_head = True  # whatever comes next on this connection is a new request head
+            # the body is all here: reading it cannot stall, so ServerMiddleware sets no timer for it
+            self.scope["trtbuild.body_complete"] = True
 
         def _header_timed_out(self) -> None:
             self._header_timer = None

@@ -28,6 +28,7 @@ def random_hex() -> str:
 
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_string = json.encoder.encode_basestring  # what _compact does for a str, without its Python-level dispatch
 
 
 def new_id(prefix: str) -> str:
@@ -124,8 +125,10 @@ class Renderer:
         # the common chunk (text only) as a template: the hot path of a busy server
         self._text_open = '{"index":%d,"delta":{"content":' if chat else '{"index":%d,"text":'
         self._text_close = ('},' if chat else ',') + '"logprobs":null,"finish_reason":null}' + self._tail
-        if continuous_usage:
-            self._text_close = self._text_close[:-len(self._tail)]
+        if continuous_usage:  # the usage follows: '],"usage":{..."completion_tokens":N,"total_tokens":M}}'
+            self._text_close = (self._text_close[:-len(self._tail)] +
+                                f'],"usage":{{"prompt_tokens":{prompt_tokens},"completion_tokens":')
+        self._text_heads: dict[int, str] = {}  # choice index -> everything before its text
         self._text_offsets: dict[int, int] = {}
 
     # --- streaming -----------------------------------------------------------------------------------
@@ -140,12 +143,17 @@ class Renderer:
         else:
             text, tokens = "".join(e.text for e in events), sum(1 for e in events if e.token_id >= 0)
         if self.continuous:
-            self._completion[index] = self._completion.get(index, 0) + tokens
+            done = self._completion[index] = self._completion.get(index, 0) + tokens
         if finish_reason is None and not self.logprobs:
             if not text:
                 return None
-            tail = self._usage_tail(index) if self.continuous else ""
-            return self._head + self._text_open % index + _compact(text) + self._text_close + tail
+            head = self._text_heads.get(index)
+            if head is None:
+                head = self._text_heads[index] = self._head + self._text_open % index
+            if self.continuous:  # one f-string: a 2 us chunk became ~1 us (one per token per stream)
+                total = self.prompt_tokens + done
+                return f'{head}{_string(text)}{self._text_close}{done},"total_tokens":{total}}}}}\n\n'
+            return f"{head}{_string(text)}{self._text_close}"
         logprobs = None
         if self.logprobs:
             entries = listed(events, self.texts.tokenizer.control_ids)
