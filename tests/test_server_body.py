@@ -118,6 +118,21 @@ def test_generation_posts_skip_the_middleware_stack_and_the_rest_do_not():
             "text"].strip() == "hello world"
 
 
+def test_a_middleware_added_by_an_embedder_sees_the_generation_requests_too():
+    app = create_app(TwoWords())
+    seen = []
+
+    @app.middleware("http")
+    async def tracing(request, call_next):
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    assert app.lanes == {}
+    with TestClient(app) as client:
+        assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 8}).status_code == 200
+    assert seen == ["/v1/completions"]
+
+
 class Broken(TwoWords):
     def submit(self, prompt_ids, params, request_id=None):
         raise RuntimeError("a bug in the engine adapter")

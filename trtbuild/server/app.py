@@ -39,6 +39,11 @@ class ServerApp(FastAPI):
 
     lanes: dict[str, Callable] = {}  # path -> ASGI app
 
+    def add_middleware(self, middleware_class, *args, **kwargs) -> None:
+        super().add_middleware(middleware_class, *args, **kwargs)
+        if middleware_class is not ServerMiddleware:
+            self.lanes = {}  # an embedder's middleware (CORS, tracing) must see every request
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             route = self.lanes.get(scope["path"])
