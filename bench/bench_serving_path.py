@@ -10,7 +10,9 @@ most `streams` tokens are due every step: ideal output tok/s = streams x 1000 / 
 (each request also waits one step for its first token). Reported per run: output tok/s and its share of
 the ideal, ITL p99 (per token, from continuous usage where the server sends it) in steps, TTFT p50, the
 server's CPU time per token (/proc: what each token costs the serving process, the number that decides
-how many streams one core can carry), and the client's own verdict (event-loop lag). With --base, rounds
+how many streams one core can carry), the client's own verdict (event-loop lag), how late the stub's steps
+started (the engine thread waits for the GIL) and a host probe (a fixed workload's time on the server's CPU:
+on a shared VM the same code's CPU per token swings up to 2x with the host's load). With --base, rounds
 alternate between this checkout and another (its trtbuild on PYTHONPATH, this stub engine), so both see
 the same machine load. Target: >= 90% of ideal with ITL p99 < 2 steps at 10 ms and 256 streams.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -42,10 +45,30 @@ def pin(cpus: set[int] | None):
     return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
 
+def host_probe_ms(cpus: set[int] | None) -> float:
+    """A fixed Python workload (sorting and hashing 200k numbers: a few MB) timed on the server's CPU just
+    before a run. On a shared VM the same code's CPU per token swings up to 2x with the host's other
+    tenants; this says which state a run met (lower is faster; compare runs by it)."""
+    before = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        rng = random.Random(0)
+        started = time.perf_counter()
+        numbers = [rng.random() for _ in range(200_000)]
+        table = {n: i for i, n in enumerate(sorted(numbers))}
+        took = time.perf_counter() - started
+        assert len(table) == len(numbers)
+        return round(took * 1e3, 1)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def one_run(code: Path, step_ms: float, streams: int, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1"}
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (None, None)
+    host_ms = host_probe_ms(server_cpus)
     server = subprocess.Popen([sys.executable, str(HERE / "stub_engine.py"), "--port", "0", "--step-ms", str(step_ms),
                                "--max-batch-size", str(max(streams, 1))], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env, preexec_fn=pin(server_cpus))
@@ -92,6 +115,7 @@ def one_run(code: Path, step_ms: float, streams: int, args) -> dict:
             "client_cpu_share": round(run["client"].get("cpu_process") or 0.0, 2),  # of one core, during the load
             # how late the stub's steps started: a step waits for the GIL while the event loop holds it
             "step_lateness_ms": stub_stats.get("step_lateness_ms"),
+            "host_probe_ms": host_ms,
             "client_reasons": run["validity"]["reasons"], "extensions": run["target"].get("extensions"),
             "load_average": os.getloadavg()}
 
@@ -132,7 +156,7 @@ def main(argv=None) -> int:
                       f"client {'ok' if run['client_valid'] else 'INVALID'} ({run['client_workers']} worker(s), "
                       f"{run['client_cpu_share']:.0%} of a core, loop lag "
                       f"p99 {run['client_loop_lag_p99_ms']:.1f} ms), step lateness {run['step_lateness_ms']}, "
-                      f"load {run['load_average'][0]:.1f}",
+                      f"host probe {run['host_probe_ms']} ms, load {run['load_average'][0]:.1f}",
                       file=sys.stderr, flush=True)
     for streams in sorted({run["streams"] for run in runs}):  # medians over rounds: single runs swing on a shared box
         for code in codes:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from trtbuild.errors import TrtbuildError
-from trtbuild.heap import freeze_heap
+from trtbuild.heap import freeze_heap, prefer_engine_thread
 from trtbuild.runtime.interface import ContextLengthExceeded, Engine, EngineError, RequestStream, SamplingParams
 from trtbuild.server.errors import APIError, bad_request, model_not_found, overloaded, unavailable
 from trtbuild.server.limits import ConnectionLimits, ConnectionMetrics
@@ -76,6 +76,7 @@ class ServerState:
         if self._loader is None:
             warm_up(self.engine)
             freeze_heap()
+            prefer_engine_thread()
             return
 
         def load():
@@ -83,6 +84,7 @@ class ServerState:
                 self.engine = self._loader()
                 warm_up(self.engine)
                 freeze_heap()
+                prefer_engine_thread()
                 log.info("engine %s loaded", self.engine.info.name)
             except Exception as exc:  # noqa: BLE001 - reported through /health and the serve command
                 self.load_error = str(exc) if isinstance(exc, TrtbuildError) else f"{type(exc).__name__}: {exc}"
