@@ -42,9 +42,10 @@ def frozen_heap():
 
 
 # A thread that wants the GIL waits sys.getswitchinterval() (CPython: 5 ms) before the holder is asked to
-# drop it. The engine's step thread wants it once a step, often while the event loop holds it: in the stub
-# benchmark (256 streams, 10 ms steps) 10% of steps started 5 ms late, an ITL p99 of 1.8-2.9 steps.
-# At 1 ms: step lateness p90 0.5-1.2 ms, ITL p99 1.65-1.75 steps, CPU per token within the noise.
+# drop it. The engine's step thread wants it once a step, often while the event loop holds it. Stub
+# benchmark (bench/bench_serving_path.py, 256 streams, 10 ms steps), 3 paired runs: at 5 ms, step lateness
+# p90 0.7-5.9 ms and ITL p99 1.83-2.87 steps; at 1 ms, p90 0.5-1.2 ms and 1.65-1.74 steps; CPU a token
+# within the noise.
 ENGINE_SWITCH_S = 0.001
 
 
