@@ -260,10 +260,12 @@ class Sampler:
         """softmax(logits / T) over the whole vocabulary, one inverse-CDF draw per row."""
         x = rows_of(logits, idx)  # the step's own logits: edited in place
         temps = [states[i].params.temperature for i in idx]
-        if any(t != 1 for t in temps):  # exp((x - max) / T): no overflow whatever T, and x keeps its order
-            probs = x.sub_(x.amax(-1, keepdim=True)).div_(torch.tensor(temps)[:, None]).exp_()
-        else:
-            probs = torch.softmax(x, dim=-1)
+        # exp((x - max) / T), in place and unnormalised (the draw scales by each row's total): no overflow
+        # whatever T, x keeps its order, and no softmax pass to divide or buffer to allocate
+        x.sub_(x.amax(-1, keepdim=True))
+        if any(t != 1 for t in temps):
+            x.div_(torch.tensor(temps)[:, None])
+        probs = x.exp_()
         u = np.array([uniform(states[i].seed, states[i].generated) for i in idx])
         tokens, ok = inverse_cdf(probs, u)
         if not ok.all():  # NaN/inf (an overflowing temperature) or nothing allowed: take the best token
