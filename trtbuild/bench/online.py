@@ -102,6 +102,9 @@ class StreamRecorder:
         self.rec, self.t0, self.clock = rec, t0, clock
         self.stamps: list[int] = []
         self.reads: list[bytes] = []
+        self.pieces: list[str] = []
+        self.counted = 0  # completion tokens reported by continuous usage so far
+        self.per_chunk: list[int] | None = []
 
     def feed(self, data: bytes) -> None:
         now = self.clock() - self.t0
@@ -115,59 +118,57 @@ class StreamRecorder:
 
     def settle(self) -> str:
         """Parse what was read; returns the text. An error the transport met (stream_completion) stays
-        the request's error over one found in the events, as it came later."""
-        rec = self.rec
+        the request's error over one found in the events: it came later."""
+        rec, parser = self.rec, SSEParser()
         transport_error = (rec.error_type, rec.error) if rec.error_type is not None else None
-        parser, pieces, counted, per_chunk = SSEParser(), [], 0, []
         try:
             for now, data in zip(self.stamps, self.reads):
-                for payload in parser.feed(data):
-                    counted, per_chunk = self._event(payload, now, pieces, counted, per_chunk)
+                self._events(parser.feed(data), now)
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as exc:
             # what follows an unparseable event is not trusted either
             rec.error_type, rec.error = "bad_response", f"unparseable stream event: {exc}"[:300]
         self.stamps, self.reads = [], []
         if transport_error is not None:
             rec.error_type, rec.error = transport_error
+        per_chunk = self.per_chunk
         rec.chunk_tokens = per_chunk if per_chunk and len(per_chunk) == len(rec.chunk_ns) else None
         if rec.error_type is None and not rec.chunk_ns:
             rec.error_type, rec.error = "empty_response", "the stream carried no content"
-        return "".join(pieces)
+        return "".join(self.pieces)
 
-    def _event(self, payload: str, now: int, pieces: list, counted: int, per_chunk: list | None):
-        """One event's payload into the record; returns (completion tokens counted, tokens per chunk or None)."""
+    def _events(self, payloads: list[str], now: int) -> None:
         rec = self.rec
-        if payload == "[DONE]":
-            return counted, per_chunk
-        event = json.loads(payload)
-        if "error" in event:
-            err = event["error"]
-            rec.error_type = "stream_error"
-            rec.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
-            return counted, per_chunk
-        usage = event.get("usage") or None
-        choices = event.get("choices") or []
-        text, tokens, role_only = "", 0, False
-        if choices:
-            choice = choices[0]
-            delta = choice.get("delta") or {}
-            text = choice.get("text") or delta.get("content") or ""
-            rec.finish_reason = choice.get("finish_reason") or rec.finish_reason
-            # chat's first chunk: {"role": "assistant", "content": ""}, no token yet
-            role_only = "role" in delta and not text and not choice.get("finish_reason")
-        if usage is not None and usage.get("completion_tokens") is not None:
-            tokens = usage["completion_tokens"] - counted
-            counted = usage["completion_tokens"]
-            rec.token_counts["usage"] = counted
-            rec.prompt_tokens_usage = usage.get("prompt_tokens")
-        elif choices and not role_only:
-            per_chunk = None  # a content chunk without usage: the split is unknown
-        if choices and (text or tokens > 0):
-            rec.chunk_ns.append(now)
-            pieces.append(text)
-            if per_chunk is not None:
-                per_chunk.append(tokens)
-        return counted, per_chunk
+        for payload in payloads:
+            if payload == "[DONE]":
+                continue
+            event = json.loads(payload)
+            if "error" in event:
+                err = event["error"]
+                rec.error_type = "stream_error"
+                rec.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
+                continue
+            usage = event.get("usage") or None
+            choices = event.get("choices") or []
+            text, tokens, role_only = "", 0, False
+            if choices:
+                choice = choices[0]
+                delta = choice.get("delta") or {}
+                text = choice.get("text") or delta.get("content") or ""
+                rec.finish_reason = choice.get("finish_reason") or rec.finish_reason
+                # chat's first chunk: {"role": "assistant", "content": ""}, no token yet
+                role_only = "role" in delta and not text and not choice.get("finish_reason")
+            if usage is not None and usage.get("completion_tokens") is not None:
+                tokens = usage["completion_tokens"] - self.counted
+                self.counted = usage["completion_tokens"]
+                rec.token_counts["usage"] = self.counted
+                rec.prompt_tokens_usage = usage.get("prompt_tokens")
+            elif choices and not role_only:
+                self.per_chunk = None  # a content chunk without usage: the split is unknown
+            if choices and (text or tokens > 0):
+                rec.chunk_ns.append(now)
+                self.pieces.append(text)
+                if self.per_chunk is not None:
+                    self.per_chunk.append(tokens)
 
 
 def settle_texts(texts: dict) -> dict[int, str]:

@@ -181,9 +181,10 @@ class SSEResponse(Response):  # a Response to FastAPI (returned as is); its own 
     through the app's chain (status, x-request-id, error handling), and the body bytes go straight to the
     server's `send` (ServerMiddleware puts it in the scope), or, where the HTTP protocol offers one
     (`trtbuild.write_body`, trtbuild.server.limits), to its synchronous writer (see write_directly). The
-    final chunk, the usage chunk, [DONE] and the end of the body leave in one write. A second task waits
-    for the client's disconnect and cancels the body (this task) when it comes; `cleanup` runs however the response ends
-    (before the body ever started, too). `events(write_now)` makes the body's chunks."""
+    final chunk, the usage chunk, [DONE] and the end of the body leave in one write. The body runs in the
+    request's own task; a second task waits for the client's disconnect and cancels it when it comes.
+    `cleanup` runs however the response ends (before the body ever started, too). `events(write_now)`
+    makes the body's chunks."""
 
     media_type = "text/event-stream"
     HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
