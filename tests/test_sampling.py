@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from trtbuild.runtime.interface import SamplingParams
-from trtbuild.runtime.sampling import TOP_P_CANDIDATES, Sampler, argmax_rows, top_candidates, uniform
+from trtbuild.runtime.sampling import TOP_P_CANDIDATES, Sampler, argmax_rows, inverse_cdf, top_candidates, uniform
 
 EOS = 2
 VOCAB = 50
@@ -152,13 +153,16 @@ def test_sampled_tokens_follow_softmax_after_top_k_and_top_p():
 
 
 def test_large_vocabularies_use_the_blocked_draw_and_the_full_sort():
-    # 1000 tokens: 3 whole blocks of 256 and a partial one; a flat row so every block gets draws.
-    logits = torch.randn(1000, generator=torch.Generator().manual_seed(6)) * 0.5
-    drawn = draws(logits, 3000, temperature=1.0)
-    blocks = [sum(1 for t in drawn if lo <= t < lo + 256) for lo in (0, 256, 512, 768)]
-    mass = [float(torch.softmax(logits, -1)[lo:lo + 256].sum()) for lo in (0, 256, 512, 768)]
-    for got, p in zip(blocks, mass):
-        assert abs(got / 3000 - p) < 5 * math.sqrt(p * (1 - p) / 3000)  # 5 sd of a binomial share
+    # 1000 tokens: 3 whole blocks of 256 and a partial one; 1024: whole blocks only (the reshaped path);
+    # flat rows so every block gets draws.
+    for vocab, seed in ((1000, 6), (1024, 8)):
+        logits = torch.randn(vocab, generator=torch.Generator().manual_seed(seed)) * 0.5
+        drawn = draws(logits, 3000, temperature=1.0)
+        assert set(drawn) <= set(range(vocab))
+        blocks = [sum(1 for t in drawn if lo <= t < lo + 256) for lo in (0, 256, 512, 768)]
+        mass = [float(torch.softmax(logits, -1)[lo:lo + 256].sum()) for lo in (0, 256, 512, 768)]
+        for got, p in zip(blocks, mass):
+            assert abs(got / 3000 - p) < 5 * math.sqrt(p * (1 - p) / 3000)  # 5 sd of a binomial share
     # top-p on a flat 4096-token row: the nucleus is larger than the candidates, so the row is sorted.
     flat = torch.randn(4096, generator=torch.Generator().manual_seed(7)) * 0.1
     probs = expected(flat, 1.0, top_p=0.5)
@@ -167,6 +171,19 @@ def test_large_vocabularies_use_the_blocked_draw_and_the_full_sort():
     assert set(drawn) <= set((probs > 0).nonzero()[:, 0].tolist())
     inside = sum(1 for t in drawn if probs[t] > 0 and t in set(torch.topk(flat, TOP_P_CANDIDATES).indices.tolist()))
     assert inside < 900  # draws reach past the first 1024 candidates (about 1024/2050 of them stay inside)
+
+
+def test_the_two_level_draw_equals_a_plain_inverse_cdf():
+    """inverse_cdf (block sums, then one block) picks the token a plain float64 CDF search picks, with whole
+    blocks only (the reshaped path) and with a partial last block; fixed seeds keep u off the boundaries."""
+    gen = torch.Generator().manual_seed(9)
+    for vocab in (1000, 1024):
+        probs = torch.rand(6, vocab, generator=gen) ** 4  # uneven rows, unnormalised
+        u = np.random.default_rng(vocab).random(6)
+        got, ok = inverse_cdf(probs, u)
+        cum = probs.double().cumsum(1).numpy()
+        want = [int(np.searchsorted(c, x * c[-1], side="right")) for c, x in zip(cum, u)]
+        assert ok.all() and got.tolist() == want
 
 
 def test_top_k_only_draws_from_the_k_best():

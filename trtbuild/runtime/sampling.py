@@ -11,10 +11,11 @@ One step is a fixed handful of batched tensor ops whatever the mix of requests i
    (token counts live in [capacity, V] tensors indexed by the request's row, updated with one scatter per
    step), min_tokens (EOS and stop ids banned), and per-request logits processors (the hook for
    structured output: `SamplingParams.logits_processors`, each `f(output_ids, logits_row) -> logits_row`);
-3. greedy rows: argmax (blocked, argmax_rows). Sampled rows without top-k/top-p: softmax(logits / T) and
-   an inverse-CDF draw in two levels (block sums, then one block): no sort. Rows with top-k and/or top-p:
-   the top candidates (top_k of them, or TOP_P_CANDIDATES for top-p alone), the nucleus among them, the
-   same inverse-CDF draw; a top-p row whose nucleus does not fit the candidates is sorted in full (exact).
+3. greedy rows: argmax (blocked, argmax_rows). Sampled rows without top-k/top-p: exp((logits - max) / T)
+   (as exp2, unnormalised) and an inverse-CDF draw in two levels (block sums, then one block): no sort.
+   Rows with top-k and/or top-p: the top candidates (top_k of them, or TOP_P_CANDIDATES for top-p alone),
+   the nucleus among them, the same inverse-CDF draw; a top-p row whose nucleus does not fit the
+   candidates is sorted in full (exact).
 
 Randomness is counter-based: the uniform a request uses for its n-th token is splitmix64(seed, n), one
 number per row and step. A request's tokens therefore depend only on its own logits, seed and position,
@@ -36,6 +37,7 @@ from trtbuild.runtime.interface import SamplingParams
 TOP_P_CANDIDATES = 256  # a top-p-only row looks for its nucleus among its best 256 tokens, else sorts all
 BLOCK = 256  # inverse-CDF draw: cumulative sums over blocks of 256 tokens, then inside the chosen block
 MASK64 = (1 << 64) - 1
+LOG2_E = 1.4426950408889634  # log2(e): exp(y) = 2 ** (y * LOG2_E)
 
 
 def uniform(seed: int, position: int) -> float:
@@ -60,10 +62,14 @@ def inverse_cdf(probs: torch.Tensor, u: np.ndarray) -> tuple[np.ndarray, np.ndar
     ok = np.isfinite(total) & (total > 0)
     target = u * np.where(ok, total, 0.0)
     block = np.minimum((cum <= target[:, None]).sum(1), cum.shape[1] - 1)  # searchsorted, side right
-    before = np.where(block > 0, cum[np.arange(n), block - 1], 0.0)
-    cols = block[:, None] * BLOCK + np.arange(BLOCK)
-    inner = (probs.numpy()[np.arange(n)[:, None], np.minimum(cols, vocab - 1)] * (cols < vocab)).astype(np.float64)
-    inner = np.nan_to_num(inner).cumsum(1)
+    rows = np.arange(n)
+    before = np.where(block > 0, cum[rows, block - 1], 0.0)
+    if full == vocab:  # vocabularies are multiples of 256 (Mistral's 32,768): each row's block is a slice
+        inner = probs.numpy().reshape(n, -1, BLOCK)[rows, block].astype(np.float64)
+    else:
+        cols = block[:, None] * BLOCK + np.arange(BLOCK)
+        inner = (probs.numpy()[rows[:, None], np.minimum(cols, vocab - 1)] * (cols < vocab)).astype(np.float64)
+    inner = inner.cumsum(1)  # NaN only in rows that are not ok (a NaN block sum): their tokens are not used
     # float64 sums of float32 terms may round a hair past the block's total: stay inside the block
     rest = np.minimum(target - before, np.nextafter(inner[:, -1], 0.0))
     pos = np.minimum((inner <= rest[:, None]).sum(1), BLOCK - 1)
@@ -257,15 +263,14 @@ class Sampler:
             logits.index_copy_(0, torch.tensor(idx), sub)
 
     def _draw_plain(self, logits: torch.Tensor, idx: list[int], states: list[SamplerState]) -> torch.Tensor:
-        """softmax(logits / T) over the whole vocabulary, one inverse-CDF draw per row."""
+        """softmax(logits / T) over the whole vocabulary (unnormalised), one inverse-CDF draw per row."""
         x = rows_of(logits, idx)  # the step's own logits: edited in place
-        temps = [states[i].params.temperature for i in idx]
-        # exp((x - max) / T), in place and unnormalised (the draw scales by each row's total): no overflow
-        # whatever T, x keeps its order, and no softmax pass to divide or buffer to allocate
-        x.sub_(x.amax(-1, keepdim=True))
-        if any(t != 1 for t in temps):
-            x.div_(torch.tensor(temps)[:, None])
-        probs = x.exp_()
+        # exp((x - max) / T) as 2 ** ((x - max) * log2(e) / T), in place and unnormalised (the draw scales
+        # by each row's total): no overflow whatever T, x keeps its order, no softmax pass to divide or
+        # buffer to allocate; torch's exp2 takes half of exp's time here (0.55 vs 1.06 ms on 32 x 32,768
+        # float32, AVX2), within 1e-6 of it
+        scale = torch.tensor([LOG2_E / states[i].params.temperature for i in idx])[:, None]
+        probs = x.sub_(x.amax(-1, keepdim=True)).mul_(scale).exp2_()
         u = np.array([uniform(states[i].seed, states[i].generated) for i in idx])
         tokens, ok = inverse_cdf(probs, u)
         if not ok.all():  # NaN/inf (an overflowing temperature) or nothing allowed: take the best token
