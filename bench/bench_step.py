@@ -10,8 +10,10 @@ engine loop as a server sees it (forward, sampling, the hand-off of every token 
 forward alone. Modes alternate inside each round (greedy, sampled, sampled, greedy, ...) so background
 load on a shared machine hits both alike; each ratio is taken within a round, and the median is reported,
 with the floor (the fastest round of each mode: contention only ever adds time) beside it, and the engine
-thread's CPU time per step (its own clock, time.pthread_getcpuclockid: the work done, which preemption by
-other processes does not inflate; the steadiest number on a shared machine).
+thread's CPU time per step, its step helpers' included (their own clocks, time.pthread_getcpuclockid: the
+work done, which preemption by other processes does not inflate; the steadiest number on a shared machine).
+TRTBUILD_STEP_THREADS=1 runs the step on the engine thread alone (the default uses a second CPU for the LM
+head and the sampler's passes where there is one), for an A/B of the split in one session.
 
 Targets (issue 13): sampled (temperature 1.0) step <= 1.10x greedy at batch 8 and 32; batch-8 step
 <= 2x batch-1 step.
@@ -51,15 +53,17 @@ def step_ms(engine, prompts, tokens: int, mode: str, seed: int) -> tuple[float, 
 
     params = [SamplingParams(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, seed=seed + i, **MODES[mode])
               for i in range(len(prompts))]
-    clock = time.pthread_getcpuclockid(engine._thread.ident)  # the engine thread's own CPU time
-    cpu0 = time.clock_gettime_ns(clock)
+    # the CPU time of the engine thread and of its step helpers (TRTBUILD_STEP_THREADS), their own clocks
+    runner = getattr(engine, "_runner", None)
+    clocks = [time.pthread_getcpuclockid(t.ident) for t in [engine._thread, *(runner._threads if runner else [])]]
+    cpu0 = sum(time.clock_gettime_ns(c) for c in clocks)
     streams = [engine.submit(p, sp) for p, sp in zip(prompts, params)]
     gaps = []
     for stream in streams:
         stream.result()
         stamps = [e.time_ns for e in stream.events if e.token_id >= 0]
         gaps += [b - a for a, b in zip(stamps[1:], stamps[2:])]  # decode steps only
-    cpu = (time.clock_gettime_ns(clock) - cpu0) / tokens  # per step (the prefill step included)
+    cpu = (sum(time.clock_gettime_ns(c) for c in clocks) - cpu0) / tokens  # per step (the prefill included)
     return statistics.median(gaps) / 1e6, cpu / 1e6
 
 
@@ -129,7 +133,8 @@ def main(argv=None) -> int:
                     rows[b][mode].append(wall)
                     cpus[b][mode].append(cpu)
         result = {"engine": engine.info.name, "tokens": args.tokens, "rounds": args.rounds,
-                  "threads": getattr(engine, "threads", None), "load_average": os.getloadavg(),
+                  "threads": getattr(engine, "threads", None),
+                  "step_threads": getattr(engine, "step_threads", None), "load_average": os.getloadavg(),
                   # the host's own speed (bench_serving_path.host_probe_ms): these ratios moved past their
                   # targets between two host states with the same code (docs/benchmarks.md, fifth pass)
                   "host_probe_ms": host_probe_ms(None), "batches": {}}
@@ -154,7 +159,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['engine']}, {args.tokens} tokens, median of {args.rounds} rounds, load {os.getloadavg()}, "
+        print(f"{result['engine']}, {args.tokens} tokens, median of {args.rounds} rounds, "
+              f"{result['step_threads']} step thread(s), load {os.getloadavg()}, "
               f"host probe {result['host_probe_ms']} ms")
         for b, row in result["batches"].items():
             cells = "  ".join(f"{m} {ms:6.2f} ms" for m, ms in row["step_ms"].items())

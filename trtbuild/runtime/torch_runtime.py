@@ -19,6 +19,9 @@ How it works (gpt-fast style, the whole hot path is in this file):
   case) each layer attends over a view of the cache instead of a gathered copy.
 - Sampling is one batched pass over the step's logits (trtbuild.runtime.sampling), with counter-based
   per-request seeds, so a request's tokens do not depend on what else is in the batch.
+- The step's two widest passes, the LM head (trtbuild.runtime.lm_head: blocks of vocabulary columns) and
+  the sampler's passes over the logits (groups of rows), are shared with a helper thread on a second CPU
+  (trtbuild.runtime.split); everything else runs on the engine thread with one torch thread.
 - Compute dtype: float32 on CPU (CPU float16 matmuls are slow and lossy), the weights' dtype on CUDA.
 """
 
@@ -37,6 +40,8 @@ import torch.nn.functional as F
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, verify_engine
 from trtbuild.runtime.fp8 import FP8, round_fp8
+from trtbuild.runtime.lm_head import LMHead
+from trtbuild.runtime.split import SplitRunner
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
                                         SamplingParams, batched_wakeups)
 from trtbuild.runtime.guided import grammar_processors
@@ -46,6 +51,15 @@ from trtbuild.tokenizer import Tokenizer
 
 PREFILL_GROUP_TOKENS_CPU = 512  # see TorchEngine.prefill_tokens
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _count_from_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise TrtbuildError(f"{name}={raw[:40]!r} is not a thread count; set it to a whole number >= 1 or unset it")
+    return int(raw)
 
 
 def default_device() -> str:
@@ -82,49 +96,16 @@ class KVCache:
         return keys, values
 
 
-class LMHead:
-    """The vocabulary projection [..., H] -> [..., V] (no bias): the largest matmul of a small model.
-
-    On the CPU in float32, nn.Linear (MKL sgemm/sgemv against the [V, H] weight) is slow for this shape
-    on AMD EPYC, and its cost grows ~2x from 1 to 8 rows. Measured with one thread, H 256, V 32768, CPU ms:
-    rows      1     2     4     8    32
-    F.linear  3.6   6.4   9.2   9.3  17.8   (MKL, weight [V, H])
-    x @ W^T   1.4   2.4   8.1   9.9  16.8   (MKL, weight pre-transposed to a contiguous [H, V])
-    oneDNN    2.4   2.6   3.6   4.0   9.1   (weight packed once for oneDNN's blocked GEMM)
-    So one row (a batch-1 decode step: a GEMV, memory-bound) reads a contiguous [H, V] copy, and more rows
-    use the oneDNN-packed weight. Elsewhere (CUDA, no oneDNN, other dtypes) the module's own weight.
-    Cost: two more LM-head-sized buffers in CPU memory (64 MB for the tiny model, ~1 GB for a 7B in fp32)."""
-
-    def __init__(self, linear: torch.nn.Linear):
-        self.linear = linear
-        weight = linear.weight.detach()
-        self.by_column = self.packed = None
-        if weight.device.type == "cpu" and weight.dtype == torch.float32 and linear.bias is None:
-            self.by_column = weight.t().contiguous()
-            if torch.backends.mkldnn.is_available():
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.by_column is None:
-            return self.linear(x)
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] == 1 or self.packed is None:
-            out = rows @ self.by_column
-        else:
-            out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, None, "none", [None], "")
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-
 class TorchModel:
     """Mistral forward over a slot-indexed KV cache (the modules of trtbuild.runtime.mistral)."""
 
-    def __init__(self, model_dir: Path, device: str):
+    def __init__(self, model_dir: Path, device: str, runner: SplitRunner | None = None):
         self.device = device
         self.net, self.kv_scales, self.weight_dtype, self.dtype, self.num_fp8_linears = load_checkpoint(model_dir, device)
         self.config = self.net.config
         if self.kv_scales is not None:
             self.kv_scales = self.kv_scales.to(device)
-        self.lm_head = LMHead(self.net.lm_head)
+        self.lm_head = LMHead(self.net.lm_head, runner)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         cfg = self.config
@@ -181,13 +162,19 @@ class _Request:
 
 class TorchEngine(Engine):
     def __init__(self, engine_dir: str | Path, device: str | None = None, manifest: Manifest | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, step_threads: int | None = None):
         self.engine_dir = Path(engine_dir)
         # Intra-op threads of the engine thread (thread-local in torch). One by default: a small model's
         # decode matmuls are too small to split, and on shared cores OpenMP barriers stall (measured on a
         # busy 2-core box, tiny model, one decode step at batch 1 / 8: 174 / 708 ms with 2 threads,
         # 19 / 27 ms with 1). TRTBUILD_TORCH_THREADS overrides it, e.g. for a larger model on many cores.
-        self.threads = threads or int(os.environ.get("TRTBUILD_TORCH_THREADS", "1"))
+        self.threads = threads or _count_from_env("TRTBUILD_TORCH_THREADS", 1)
+        # The step's widest passes (the LM head's vocabulary blocks, the sampler's passes over the logits:
+        # trtbuild.runtime.split) run on this many threads, the engine's own included: by default on a
+        # second CPU where the process may use one (not under `taskset -c 0`) and torch runs one intra-op
+        # thread. TRTBUILD_STEP_THREADS overrides it (1: the engine thread alone).
+        default = min(2, len(os.sched_getaffinity(0))) if self.threads == 1 else 1
+        self.step_threads = step_threads or _count_from_env("TRTBUILD_STEP_THREADS", default)
         manifest = manifest or verify_engine(self.engine_dir)
         if manifest.backend != "torch":
             raise TrtbuildError(f"{self.engine_dir.name} is a {manifest.backend} engine, not a torch one")
@@ -195,7 +182,9 @@ class TorchEngine(Engine):
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise TrtbuildError(f"device {self.device} was asked for but torch sees no CUDA GPU; use --device cpu")
         model_dir = self.engine_dir / "model"
-        self.model = TorchModel(model_dir, self.device)
+        cpu = self.device == "cpu"
+        self._runner = SplitRunner(self.step_threads - 1, "torch-step") if cpu and self.step_threads > 1 else None
+        self.model = TorchModel(model_dir, self.device, self._runner)
         self.tokenizer = Tokenizer.from_model_dir(model_dir)
         self.tokenizer.piece_texts  # built now (0.1 s), not inside the first request's first token
         build = manifest.build
@@ -220,7 +209,8 @@ class TorchEngine(Engine):
         self._check_precision(manifest)
         self._cache = self.model.new_cache(self.max_batch_size, max_seq_len)
         self._free_slots = list(range(self.max_batch_size - 1, -1, -1))
-        self._sampler = Sampler(self.model.config.vocab_size, self.tokenizer.eos_id, self.max_batch_size)
+        self._sampler = Sampler(self.model.config.vocab_size, self.tokenizer.eos_id, self.max_batch_size,
+                                runner=self._runner)
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._cv = threading.Condition()
@@ -280,6 +270,8 @@ class TorchEngine(Engine):
             self._cv.notify()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=60)
+        if self._runner and not self._thread.is_alive():
+            self._runner.close()
 
     def _check_alive(self) -> None:
         if self._dead is not None:

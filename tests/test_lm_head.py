@@ -1,0 +1,137 @@
+"""The runner that spreads a step's widest work over threads (trtbuild.runtime.split), and the LM head's
+vocabulary blocks on it (trtbuild.runtime.lm_head)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from trtbuild.errors import TrtbuildError
+from trtbuild.runtime.lm_head import LMHead, SplitRunner
+
+WAIT = 10.0  # seconds: only a broken runner waits this long (every wait below ends in milliseconds otherwise)
+
+
+@pytest.fixture(scope="module")
+def engine(engine_dirs):
+    from trtbuild.runtime import load_engine
+
+    with load_engine(engine_dirs["fp16"], device="cpu") as loaded:
+        yield loaded
+
+
+@pytest.fixture
+def runner():
+    runner = SplitRunner(helpers=1, name="test-split")
+    yield runner
+    runner.close()
+
+
+def test_map_returns_every_piece_in_order(runner):
+    for count in (1, 2, 7, 32):
+        assert runner.map(lambda i: i * i, count) == [i * i for i in range(count)]
+
+
+def test_the_caller_and_a_helper_both_compute_pieces(runner):
+    """Each piece waits until two threads are inside a piece at once: only a runner whose helper really
+    takes pieces gets through without the timeout."""
+    inside, both = set(), threading.Event()
+    lock = threading.Lock()
+
+    def piece(i):
+        with lock:
+            inside.add(threading.current_thread().name)
+            if len(inside) == 2:
+                both.set()
+        both.wait(WAIT)
+        return threading.current_thread().name
+
+    names = runner.map(piece, 4)
+    assert both.is_set()
+    assert threading.current_thread().name in names and "test-split-0" in names
+
+
+def test_a_stalled_helper_does_not_stall_the_caller(runner):
+    """The helper blocks inside its piece; the caller computes every piece (the helper's too, after a
+    grace of about one piece) and returns the right results without waiting for it."""
+    release = threading.Event()
+    stalled = threading.Event()
+
+    def piece(i):
+        if threading.current_thread().name.startswith("test-split"):
+            stalled.set()
+            release.wait(WAIT)  # the helper hangs here until the test lets it go
+            return -1  # a late result: never used
+        time.sleep(0.002)
+        return i
+
+    start = time.perf_counter()
+    assert runner.map(piece, 8) == list(range(8))
+    took = time.perf_counter() - start
+    release.set()
+    assert took < WAIT / 2  # finished while the helper was still blocked (it would otherwise take WAIT)
+    assert runner.map(lambda i: i + 1, 3) == [1, 2, 3]  # the released helper comes back to work
+
+
+def test_an_error_in_a_piece_reaches_the_caller(runner):
+    def piece(i):
+        if i == 3:
+            raise ValueError("piece 3 failed")
+        return i
+
+    with pytest.raises(ValueError, match="piece 3 failed"):
+        runner.map(piece, 6)
+    # An error only on the helper's thread: the caller computes that piece again, and it succeeds.
+    flaky = lambda i: 1 / 0 if threading.current_thread().name.startswith("test-split") else i  # noqa: E731
+    assert runner.map(flaky, 6) == list(range(6))
+
+
+def test_close_ends_the_helpers():
+    runner = SplitRunner(helpers=2, name="test-close")
+    assert not [t for t in threading.enumerate() if t.name.startswith("test-close")]  # none until used
+    assert runner.map(str, 3) == ["0", "1", "2"]
+    threads = [t for t in threading.enumerate() if t.name.startswith("test-close")]
+    assert len(threads) == 2
+    runner.close()
+    assert not any(t.is_alive() for t in threads)
+
+
+@pytest.mark.parametrize("vocab", [32768, 10000])  # whole blocks, and a last block of 10000 % 4096 columns
+def test_the_split_lm_head_equals_the_linear_layer_and_the_unsplit_head(vocab):
+    linear = torch.nn.Linear(64, vocab, bias=False)
+    runner = SplitRunner(helpers=1, name="test-head")
+    alone, split = LMHead(linear), LMHead(linear, runner)
+    try:
+        assert len(split.by_column) == -(-vocab // LMHead.BLOCK_COLUMNS) and split.runner is not None
+        for shape in ((1, 64), (3, 64), (8, 64), (2, 5, 64)):
+            x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[0]))
+            with torch.inference_mode():
+                got, one_thread, want = split(x), alone(x), torch.nn.functional.linear(x, linear.weight)
+            assert got.shape == want.shape == (*shape[:-1], vocab)
+            # float32 sums of 64 products in another order than F.linear's: ~1e-6 apart
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            # the same kernel on the same block, whichever thread ran it: bit for bit
+            assert torch.equal(got, one_thread)
+    finally:
+        runner.close()
+
+
+def test_the_engine_uses_a_second_cpu_for_its_step_where_it_may(engine):
+    cpus = len(os.sched_getaffinity(0))
+    assert engine.step_threads == min(2, cpus)  # one intra-op thread (the default), this process's CPUs
+    runner = engine.model.lm_head.runner
+    assert (runner.helpers if runner else 0) == engine.step_threads - 1
+    assert engine._sampler._row_groups == (runner.map_rows if runner else engine._sampler._row_groups)
+
+
+@pytest.mark.parametrize("value", ["zero", "0", "-1", "1.5"])
+def test_a_bad_thread_count_is_one_clear_error(engine_dirs, monkeypatch, value):
+    from trtbuild.runtime.torch_runtime import TorchEngine
+
+    monkeypatch.setenv("TRTBUILD_STEP_THREADS", value)
+    with pytest.raises(TrtbuildError, match="TRTBUILD_STEP_THREADS=.* is not a thread count"):
+        TorchEngine(engine_dirs["fp16"])

@@ -1,0 +1,53 @@
+"""The vocabulary projection of the torch engine on the CPU, in blocks that threads share (see LMHead)."""
+
+from __future__ import annotations
+
+import torch
+
+from trtbuild.runtime.split import SplitRunner
+
+
+class LMHead:
+    """The vocabulary projection [..., H] -> [..., V] (no bias): the largest matmul of a small model.
+
+    On the CPU in float32, nn.Linear (MKL sgemm/sgemv against the [V, H] weight) is slow for this shape
+    on AMD EPYC, and its cost grows ~2x from 1 to 8 rows. Measured with one thread, H 256, V 32768, CPU ms:
+    rows      1     2     4     8    32
+    F.linear  3.6   6.4   9.2   9.3  17.8   (MKL, weight [V, H])
+    x @ W^T   1.4   2.4   8.1   9.9  16.8   (MKL, weight pre-transposed to a contiguous [H, V])
+    oneDNN    2.4   2.6   3.6   4.0   9.1   (weight packed once for oneDNN's blocked GEMM)
+    So one row (a batch-1 decode step: a GEMV, memory-bound) reads a contiguous [H, V] copy, and more rows
+    use the oneDNN-packed weight (compute-bound from ~4 rows: 134 MFLOP at 8 rows).
+    Both are kept per block of BLOCK_COLUMNS vocabulary columns, and the blocks are spread over the engine
+    thread and the runner's helper threads (trtbuild.runtime.split): one core's FMA units bound the GEMM, one core's
+    memory bandwidth the GEMV, so a second core speeds up both (measured, 2-core EPYC, wall ms, one thread
+    vs two: 1 row 1.73 -> 1.36, 8 rows 5.56 -> 3.53, 32 rows 10.8 -> 7.2). Each block is the same kernel
+    over the same data whichever thread runs it, so the logits do not depend on the split.
+    Elsewhere (CUDA, no oneDNN, other dtypes) the module's own weight, whole.
+    Cost: one more LM-head-sized buffer per kernel in CPU memory (64 MB for the tiny model)."""
+
+    BLOCK_COLUMNS = 4096
+
+    def __init__(self, linear: torch.nn.Linear, runner: SplitRunner | None = None):
+        self.linear = linear
+        weight = linear.weight.detach()
+        self.by_column = self.packed = self.runner = None
+        if weight.device.type == "cpu" and weight.dtype == torch.float32 and linear.bias is None:
+            blocks = weight.split(self.BLOCK_COLUMNS)
+            self.by_column = [block.t().contiguous() for block in blocks]
+            if torch.backends.mkldnn.is_available():
+                self.packed = [torch.ops.mkldnn._reorder_linear_weight(block.contiguous()) for block in blocks]
+            self.runner = runner if len(blocks) > 1 else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.by_column is None:
+            return self.linear(x)
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] == 1 or self.packed is None:
+            block = lambda i: rows @ self.by_column[i]  # noqa: E731
+        else:
+            block = lambda i: torch.ops.mkldnn._linear_pointwise(rows, self.packed[i], None, "none", [None], "")  # noqa: E731
+        count = len(self.by_column)
+        out = self.runner.map(block, count) if self.runner else [block(i) for i in range(count)]
+        out = out[0] if count == 1 else torch.cat(out, dim=1)
+        return out.view(*x.shape[:-1], out.shape[-1])
