@@ -12,8 +12,8 @@ load on a shared machine hits both alike; each ratio is taken within a round, an
 with the floor (the fastest round of each mode: contention only ever adds time) beside it, and the engine
 thread's CPU time per step, its step helpers' included (their own clocks, time.pthread_getcpuclockid: the
 work done, which preemption by other processes does not inflate; the steadiest number on a shared machine).
-TRTBUILD_STEP_THREADS=1 runs the step on the engine thread alone (the default uses a second CPU for the LM
-head and the sampler's passes where there is one), for an A/B of the split in one session.
+TRTBUILD_STEP_THREADS=1 runs the step on the engine thread alone (the default shares the LM head with a
+second CPU where there is one), for an A/B of the split in one session.
 
 Targets (issue 13): sampled (temperature 1.0) step <= 1.10x greedy at batch 8 and 32; batch-8 step
 <= 2x batch-1 step.

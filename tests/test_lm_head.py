@@ -125,7 +125,6 @@ def test_the_engine_uses_a_second_cpu_for_its_step_where_it_may(engine):
     assert engine.step_threads == min(2, cpus)  # one intra-op thread (the default), this process's CPUs
     runner = engine.model.lm_head.runner
     assert (runner.helpers if runner else 0) == engine.step_threads - 1
-    assert engine._sampler._row_groups == (runner.map_rows if runner else engine._sampler._row_groups)
 
 
 @pytest.mark.parametrize("value", ["zero", "0", "-1", "1.5"])

@@ -10,7 +10,6 @@ import torch
 
 from trtbuild.runtime.interface import SamplingParams
 from trtbuild.runtime.sampling import TOP_P_CANDIDATES, Sampler, argmax_rows, inverse_cdf, top_candidates, uniform
-from trtbuild.runtime.split import SplitRunner
 
 EOS = 2
 VOCAB = 50
@@ -19,8 +18,8 @@ VOCAB = 50
 class Batch:
     """A sampler plus its requests: each add() takes the next free row, as the engine's slots do."""
 
-    def __init__(self, vocab: int = VOCAB, capacity: int = 64, runner=None):
-        self.sampler = Sampler(vocab, EOS, capacity, runner=runner)
+    def __init__(self, vocab: int = VOCAB, capacity: int = 64):
+        self.sampler = Sampler(vocab, EOS, capacity)
         self.states = []
 
     def add(self, prompt=(5, 6), **params):
@@ -96,38 +95,6 @@ def test_a_seeded_row_ignores_its_batch_order_and_size():
         assert tokens([others[2], (key, params), others[0]])[key] == alone
         mixed = [(k, p) for k, p in enumerate(SEEDED)][::-1] + others[3:]
         assert tokens(mixed)[key] == alone
-
-
-class TwiceRunner:
-    """Stands in for SplitRunner: one group a row, each computed twice and the second result kept, as when
-    the engine thread computes a piece that a late helper is computing too."""
-
-    def map_rows(self, fn, rows):
-        return [(fn(slice(r, r + 1)), fn(slice(r, r + 1)))[1] for r in range(rows)]
-
-
-def test_row_groups_on_helper_threads_draw_the_same_tokens():
-    """The sampler's passes split into groups of rows (on a real runner, and computed twice) give every
-    request the tokens the one-thread sampler gives: a group writes nothing that another reads."""
-    kinds = [*SEEDED, dict(temperature=0), dict(temperature=0.8, seed=5), dict(temperature=1.5, min_tokens=4, seed=6)]
-    for vocab in (VOCAB, 1024):  # a partial last block, and whole blocks only
-        def logits(n):
-            return torch.randn(len(kinds), vocab, generator=torch.Generator().manual_seed(n)) * 2
-
-        def tokens(runner):
-            batch = Batch(vocab, runner=runner)
-            for params in kinds:
-                batch.add(**params)
-            return batch.run(20, logits)
-
-        alone = tokens(None)
-        assert len({t for seq in alone for t in seq}) > 20  # really sampling
-        runner = SplitRunner(helpers=1, name="test-sampler")
-        try:
-            assert tokens(runner) == alone
-        finally:
-            runner.close()
-        assert tokens(TwiceRunner()) == alone
 
 
 def test_greedy_is_argmax_and_top_k_one_is_greedy():

@@ -1,10 +1,9 @@
 """The widest work of a decode step spread over the engine thread and helper threads, on the CPU.
 
 The torch engine's thread runs torch with one intra-op thread (OpenMP barriers stall on shared cores, see
-TorchEngine.threads), so without help a step uses one core. Its two widest passes are split into
-independent pieces instead: the LM head into blocks of vocabulary columns (trtbuild.runtime.lm_head), the
-sampler's passes over the logits into groups of rows (trtbuild.runtime.sampling); each piece is a few
-torch ops that release the GIL.
+TorchEngine.threads), so without help a step uses one core. Its widest matmul, the LM head, is split into
+independent pieces instead: blocks of vocabulary columns (trtbuild.runtime.lm_head), each one torch op
+that releases the GIL.
 
 Pieces are claimed one at a time by whichever thread is free, the caller included, so a
 helper that the OS does not schedule only leaves more pieces to the caller. The caller never waits long
@@ -89,12 +88,6 @@ class SplitRunner:
                 job.done.wait(left)
         results, job.results = job.results, None
         return [fn(i) if r is None else r for i, r in enumerate(results)]
-
-    def map_rows(self, fn: Callable[[slice], T], rows: int) -> list[T]:
-        """fn over consecutive groups of rows that cover range(rows), two groups a thread (or one a row)."""
-        groups = min(rows, 2 * (self.helpers + 1))
-        bounds = [rows * g // groups for g in range(groups + 1)]
-        return self.map(lambda g: fn(slice(bounds[g], bounds[g + 1])), groups)
 
     def close(self) -> None:
         for _ in self._threads:

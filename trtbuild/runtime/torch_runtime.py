@@ -19,9 +19,9 @@ How it works (gpt-fast style, the whole hot path is in this file):
   case) each layer attends over a view of the cache instead of a gathered copy.
 - Sampling is one batched pass over the step's logits (trtbuild.runtime.sampling), with counter-based
   per-request seeds, so a request's tokens do not depend on what else is in the batch.
-- The step's two widest passes, the LM head (trtbuild.runtime.lm_head: blocks of vocabulary columns) and
-  the sampler's passes over the logits (groups of rows), are shared with a helper thread on a second CPU
-  (trtbuild.runtime.split); everything else runs on the engine thread with one torch thread.
+- The step's widest matmul, the LM head (trtbuild.runtime.lm_head: blocks of vocabulary columns), is
+  shared with a helper thread on a second CPU (trtbuild.runtime.split); everything else runs on the engine
+  thread with one torch thread.
 - Compute dtype: float32 on CPU (CPU float16 matmuls are slow and lossy), the weights' dtype on CUDA.
 """
 
@@ -169,10 +169,11 @@ class TorchEngine(Engine):
         # busy 2-core box, tiny model, one decode step at batch 1 / 8: 174 / 708 ms with 2 threads,
         # 19 / 27 ms with 1). TRTBUILD_TORCH_THREADS overrides it, e.g. for a larger model on many cores.
         self.threads = threads or _count_from_env("TRTBUILD_TORCH_THREADS", 1)
-        # The step's widest passes (the LM head's vocabulary blocks, the sampler's passes over the logits:
-        # trtbuild.runtime.split) run on this many threads, the engine's own included: by default on a
-        # second CPU where the process may use one (not under `taskset -c 0`) and torch runs one intra-op
-        # thread. TRTBUILD_STEP_THREADS overrides it (1: the engine thread alone).
+        # The LM head's vocabulary blocks (trtbuild.runtime.lm_head) run on this many threads, the engine's
+        # own included: by default on a second CPU where the process may use one (not under `taskset -c 0`)
+        # and torch runs one intra-op thread. TRTBUILD_STEP_THREADS overrides it (1: the engine thread alone).
+        # The sampler's passes stay on the engine thread: split into groups of rows they were slower (per-op
+        # overheads and GIL hand-offs cost more than the second core gave).
         default = min(2, len(os.sched_getaffinity(0))) if self.threads == 1 else 1
         self.step_threads = step_threads or _count_from_env("TRTBUILD_STEP_THREADS", default)
         manifest = manifest or verify_engine(self.engine_dir)
@@ -209,8 +210,7 @@ class TorchEngine(Engine):
         self._check_precision(manifest)
         self._cache = self.model.new_cache(self.max_batch_size, max_seq_len)
         self._free_slots = list(range(self.max_batch_size - 1, -1, -1))
-        self._sampler = Sampler(self.model.config.vocab_size, self.tokenizer.eos_id, self.max_batch_size,
-                                runner=self._runner)
+        self._sampler = Sampler(self.model.config.vocab_size, self.tokenizer.eos_id, self.max_batch_size)
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._cv = threading.Condition()
