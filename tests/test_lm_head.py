@@ -101,20 +101,24 @@ def test_close_ends_the_helpers():
 
 
 @pytest.mark.parametrize("vocab", [32768, 10000])  # whole blocks, and a last block of 10000 % 4096 columns
-def test_the_split_lm_head_equals_the_linear_layer_and_the_unsplit_head(vocab):
+def test_the_split_lm_head_equals_the_linear_layer_and_the_same_blocks_on_one_thread(vocab):
     linear = torch.nn.Linear(64, vocab, bias=False)
     runner = SplitRunner(helpers=1, name="test-head")
-    alone, split = LMHead(linear), LMHead(linear, runner)
+    whole, blocks = LMHead(linear), LMHead(linear, block_columns=LMHead.BLOCK_COLUMNS)
+    split = LMHead(linear, runner)
     try:
-        assert len(split.by_column) == -(-vocab // LMHead.BLOCK_COLUMNS) and split.runner is not None
+        assert len(whole.by_column) == 1 and whole.runner is None  # no runner: one kernel call
+        assert len(split.by_column) == -(-vocab // LMHead.BLOCK_COLUMNS) and split.runner is runner
         for shape in ((1, 64), (3, 64), (8, 64), (2, 5, 64)):
             x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[0]))
             with torch.inference_mode():
-                got, one_thread, want = split(x), alone(x), torch.nn.functional.linear(x, linear.weight)
-            assert got.shape == want.shape == (*shape[:-1], vocab)
+                got, one_thread, want = split(x), blocks(x), torch.nn.functional.linear(x, linear.weight)
+                unsplit = whole(x)
+            assert got.shape == want.shape == unsplit.shape == (*shape[:-1], vocab)
             # float32 sums of 64 products in another order than F.linear's: ~1e-6 apart
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-            # the same kernel on the same block, whichever thread ran it: bit for bit
+            torch.testing.assert_close(got, unsplit, rtol=1e-4, atol=1e-4)  # another kernel's blocking: ~1e-6
+            # the same kernel on the same blocks, whichever thread ran each: bit for bit
             assert torch.equal(got, one_thread)
     finally:
         runner.close()

@@ -18,22 +18,23 @@ class LMHead:
     oneDNN    2.4   2.6   3.6   4.0   9.1   (weight packed once for oneDNN's blocked GEMM)
     So one row (a batch-1 decode step: a GEMV, memory-bound) reads a contiguous [H, V] copy, and more rows
     use the oneDNN-packed weight (compute-bound from ~4 rows: 134 MFLOP at 8 rows).
-    Both are kept per block of BLOCK_COLUMNS vocabulary columns, and the blocks are spread over the engine
-    thread and the runner's helper threads (trtbuild.runtime.split): one core's FMA units bound the GEMM, one core's
-    memory bandwidth the GEMV, so a second core speeds up both (measured, 2-core EPYC, wall ms, one thread
-    vs two: 1 row 1.73 -> 1.36, 8 rows 5.56 -> 3.53, 32 rows 10.8 -> 7.2). Each block is the same kernel
-    over the same data whichever thread runs it, so the logits do not depend on the split.
+    With a runner, both are kept per block of BLOCK_COLUMNS vocabulary columns, which the engine thread and
+    the runner's helpers share (trtbuild.runtime.split): one core's FMA units bound the GEMM and one core's
+    memory bandwidth the GEMV, so a second core speeds up both (2-core EPYC, wall ms, one thread vs two:
+    1 row 1.73 -> 1.36, 8 rows 5.56 -> 3.53, 32 rows 10.8 -> 7.2). A block is the same kernel over the same
+    data whichever thread runs it, so the logits do not depend on which thread ran what.
     Elsewhere (CUDA, no oneDNN, other dtypes) the module's own weight, whole.
     Cost: one more LM-head-sized buffer per kernel in CPU memory (64 MB for the tiny model)."""
 
     BLOCK_COLUMNS = 4096
 
-    def __init__(self, linear: torch.nn.Linear, runner: SplitRunner | None = None):
+    def __init__(self, linear: torch.nn.Linear, runner: SplitRunner | None = None, block_columns: int | None = None):
         self.linear = linear
         weight = linear.weight.detach()
         self.by_column = self.packed = self.runner = None
         if weight.device.type == "cpu" and weight.dtype == torch.float32 and linear.bias is None:
-            blocks = weight.split(self.BLOCK_COLUMNS)
+            # one block without a runner: a single kernel call, no concatenation
+            blocks = weight.split(block_columns or (self.BLOCK_COLUMNS if runner else weight.shape[0]))
             self.by_column = [block.t().contiguous() for block in blocks]
             if torch.backends.mkldnn.is_available():
                 self.packed = [torch.ops.mkldnn._reorder_linear_weight(block.contiguous()) for block in blocks]
