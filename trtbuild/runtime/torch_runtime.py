@@ -172,8 +172,8 @@ class TorchEngine(Engine):
         # The LM head's vocabulary blocks (trtbuild.runtime.lm_head) run on this many threads, the engine's
         # own included: by default on a second CPU where the process may use one (not under `taskset -c 0`)
         # and torch runs one intra-op thread. TRTBUILD_STEP_THREADS overrides it (1: the engine thread alone).
-        # The sampler's passes stay on the engine thread: split into groups of rows they were slower (per-op
-        # overheads and GIL hand-offs cost more than the second core gave).
+        # The sampler's passes stay on the engine thread: split into groups of rows they were slower (they
+        # are bound by memory bandwidth, which the two vCPUs share; docs/benchmarks.md, sixth pass).
         default = min(2, len(os.sched_getaffinity(0))) if self.threads == 1 else 1
         self.step_threads = step_threads or _count_from_env("TRTBUILD_STEP_THREADS", default)
         manifest = manifest or verify_engine(self.engine_dir)
