@@ -104,7 +104,7 @@ def test_close_ends_the_helpers():
 def test_the_split_lm_head_equals_the_linear_layer_and_the_same_blocks_on_one_thread(vocab):
     linear = torch.nn.Linear(64, vocab, bias=False)
     runner = SplitRunner(helpers=1, name="test-head")
-    whole, blocks = LMHead(linear), LMHead(linear, block_columns=LMHead.BLOCK_COLUMNS)
+    whole, blocks = LMHead(linear), LMHead(linear, SplitRunner(helpers=0))  # the same blocks, one thread
     split = LMHead(linear, runner)
     try:
         assert len(whole.by_column) == 1 and whole.runner is None  # no runner: one kernel call

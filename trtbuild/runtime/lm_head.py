@@ -28,13 +28,13 @@ class LMHead:
 
     BLOCK_COLUMNS = 4096
 
-    def __init__(self, linear: torch.nn.Linear, runner: SplitRunner | None = None, block_columns: int | None = None):
+    def __init__(self, linear: torch.nn.Linear, runner: SplitRunner | None = None):
         self.linear = linear
         weight = linear.weight.detach()
         self.by_column = self.packed = self.runner = None
         if weight.device.type == "cpu" and weight.dtype == torch.float32 and linear.bias is None:
             # one block without a runner: a single kernel call, no concatenation
-            blocks = weight.split(block_columns or (self.BLOCK_COLUMNS if runner else weight.shape[0]))
+            blocks = weight.split(self.BLOCK_COLUMNS if runner else weight.shape[0])
             self.by_column = [block.t().contiguous() for block in blocks]
             if torch.backends.mkldnn.is_available():
                 self.packed = [torch.ops.mkldnn._reorder_linear_weight(block.contiguous()) for block in blocks]

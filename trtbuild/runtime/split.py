@@ -56,7 +56,8 @@ class SplitRunner:
     """`map(fn, count)` -> [fn(0), ..., fn(count - 1)], computed by the caller and `helpers` threads.
 
     fn must not change shared state, since a piece may run twice (the caller's copy and a helper's late
-    one), and must not return None (a piece not computed yet)."""
+    one), and must not return None (a piece not computed yet). With no helpers the caller computes every
+    piece itself, in order."""
 
     def __init__(self, helpers: int, name: str = "split"):
         self.helpers, self.name = helpers, name
@@ -67,9 +68,9 @@ class SplitRunner:
     def map(self, fn: Callable[[int], T], count: int) -> list[T]:
         if count < 2:
             return [fn(i) for i in range(count)]
-        if not self._threads:
+        if len(self._threads) < self.helpers:
             with self._starting:
-                if not self._threads:
+                if len(self._threads) < self.helpers:
                     threads = [threading.Thread(target=self._serve, name=f"{self.name}-{i}", daemon=True)
                                for i in range(self.helpers)]
                     for thread in threads:
