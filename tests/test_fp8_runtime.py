@@ -84,7 +84,7 @@ def fp8_ordinal(codes: torch.Tensor) -> torch.Tensor:
 def our_roundings(engine, prompt, continuation, monkeypatch):
     """Score with our runtime, recording every FP8 rounding decision it takes: the input codes of each
     FP8Linear (by module name) and the K/V cache codes (in call order: layer 0 k, layer 0 v, layer 1 k, ...)."""
-    import trtbuild.runtime.torch_runtime as torch_runtime
+    import trtbuild.runtime.kv_cache as kv_cache
 
     linear_codes, kv_codes, hooks = {}, [], []
     for name, module in engine.model.net.named_modules():
@@ -96,7 +96,7 @@ def our_roundings(engine, prompt, continuation, monkeypatch):
         kv_codes.append(round_fp8(x, scale))
         return kv_codes[-1]
 
-    monkeypatch.setattr(torch_runtime, "round_fp8", recording_round)
+    monkeypatch.setattr(kv_cache, "round_fp8", recording_round)
     try:
         logprobs = engine.score(prompt, continuation)
     finally:

@@ -138,3 +138,82 @@ def test_a_bad_thread_count_is_one_clear_error(engine_dirs, monkeypatch, value):
     monkeypatch.setenv("TRTBUILD_STEP_THREADS", value)
     with pytest.raises(TrtbuildError, match="TRTBUILD_STEP_THREADS=.* is not a thread count"):
         TorchEngine(engine_dirs["fp16"])
+
+
+def plain_states(sampler, rows: int, **params):
+    from trtbuild.runtime import SamplingParams
+
+    return [sampler.start(SamplingParams(max_tokens=50, seed=row, temperature=0.6 + 0.2 * (row % 4), **params),
+                          [1, 2], row=row) for row in range(rows)]
+
+
+@pytest.mark.parametrize("vocab", [32768, 10000])
+@pytest.mark.parametrize("rows", [1, 8, 32])  # the GEMV block, and oneDNN's packed blocks
+def test_the_draw_inside_the_lm_head_blocks_equals_the_sampler_on_whole_logits(vocab, rows):
+    """The engine's fused step (each block's draw work run by the thread that computed the block) draws
+    the tokens sample() draws from the same head's whole logits, step after step: same blocks, same math.
+    min_tokens bans EOS and a stop id in the second block for the first 2 steps."""
+    from trtbuild.runtime.sampling import Sampler
+
+    linear = torch.nn.Linear(64, vocab, bias=False)
+    torch.nn.init.normal_(linear.weight, std=0.5, generator=torch.Generator().manual_seed(vocab))
+    runner = SplitRunner(helpers=1, name="test-draw")
+    head = LMHead(linear, runner)
+    whole, fused = Sampler(vocab, 2, rows), Sampler(vocab, 2, rows)
+    whole_states, fused_states = (plain_states(s, rows, min_tokens=2, stop_token_ids=[5000]) for s in (whole, fused))
+    try:
+        assert head.blocked
+        for step in range(4):
+            x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(step))
+            with torch.inference_mode():
+                want = [token for token, _, _ in whole.sample(head(x), whole_states)]
+                draw = fused.plain_draw(fused_states)
+                got = fused.sample_blocks(draw, head.blocks(x, draw.block), fused_states)
+            assert [token for token, _, _ in got] == want
+            assert all(lp is None and top is None for _, lp, top in got)
+            if step < 2:
+                assert not {2, 5000} & set(want)
+        assert [s.output_ids for s in fused_states] == [s.output_ids for s in whole_states]
+    finally:
+        runner.close()
+
+
+def test_only_plain_steps_draw_inside_the_lm_head():
+    """plain_draw is for steps whose rows all draw from softmax(x / T) with nothing but min_tokens bans:
+    any other row (greedy, top-k/top-p, logprobs, penalties, bias, a processor) sends the step to sample()."""
+    from trtbuild.runtime.sampling import Sampler
+
+    sampler = Sampler(1000, 2, 16)
+    assert sampler.plain_draw(plain_states(sampler, 3, min_tokens=4, stop_token_ids=[7])) is not None
+    for other in (dict(temperature=0.0), dict(top_k=5), dict(top_p=0.9), dict(logprobs=True),
+                  dict(top_logprobs=2, logprobs=True), dict(frequency_penalty=0.5), dict(presence_penalty=0.5),
+                  dict(repetition_penalty=1.2), dict(logit_bias={5: 1.0}), dict(logits_processors=[lambda ids, x: x])):
+        states = plain_states(sampler, 3)
+        params = {**vars(states[1].params), **other}
+        states[1] = sampler.start(type(states[1].params)(**params), [1, 2], row=1)
+        assert sampler.plain_draw(states) is None, other
+
+
+def test_the_engine_draws_plain_steps_inside_its_lm_head(engine_dirs, monkeypatch):
+    """With a second step thread the engine takes the fused path for plain-sampled steps and sample() for
+    others; a seeded request alone draws the same tokens either way (the same blocks of the same head)."""
+    from trtbuild.runtime import SamplingParams
+    from trtbuild.runtime.sampling import Sampler
+    from trtbuild.runtime.torch_runtime import TorchEngine
+
+    monkeypatch.setenv("TRTBUILD_STEP_THREADS", "2")
+    calls = {"sample": 0, "sample_blocks": 0}
+    for name in calls:
+        def counted(self, *args, _name=name, _real=getattr(Sampler, name)):
+            calls[_name] += 1
+            return _real(self, *args)
+        monkeypatch.setattr(Sampler, name, counted)
+    plain = SamplingParams(max_tokens=12, temperature=1.0, seed=7)
+    with TorchEngine(engine_dirs["fp16"], device="cpu") as engine:
+        prompt = engine.tokenizer.encode("The river")
+        fused = engine.submit(prompt, plain).result().token_ids
+        assert calls == {"sample": 0, "sample_blocks": len(fused)}  # the prefill's token too
+        engine.submit(prompt, SamplingParams(max_tokens=3, temperature=0.0)).result()
+        assert calls["sample"] == 3
+        monkeypatch.setattr(engine._sampler, "plain_draw", lambda states: None)
+        assert engine.submit(prompt, plain).result().token_ids == fused

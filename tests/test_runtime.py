@@ -198,7 +198,7 @@ def test_fatal_error_fails_requests_and_later_submits(engine_dirs, prompts):
     try:
         def explode(*args, **kwargs):
             raise RuntimeError("simulated device failure")
-        broken.model.forward = explode
+        broken.model.hidden = explode  # the engine's step runs the model up to the LM head with it
         result = broken.submit(prompts[0], GREEDY).result(timeout=30)
         assert result.finish_reason == "error" and "simulated device failure" in result.error
         with pytest.raises(EngineError, match="simulated device failure"):

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from trtbuild.runtime.interface import SamplingParams
-from trtbuild.runtime.sampling import TOP_P_CANDIDATES, Sampler, argmax_rows, inverse_cdf, top_candidates, uniform
+from trtbuild.runtime.draw import COLUMNS, PlainDraw
+from trtbuild.runtime.sampling import TOP_P_CANDIDATES, Sampler, argmax_rows, top_candidates, uniform
 
 EOS = 2
 VOCAB = 50
@@ -173,17 +174,55 @@ def test_large_vocabularies_use_the_blocked_draw_and_the_full_sort():
     assert inside < 900  # draws reach past the first 1024 candidates (about 1024/2050 of them stay inside)
 
 
-def test_the_two_level_draw_equals_a_plain_inverse_cdf():
-    """inverse_cdf (block sums, then one block) picks the token a plain float64 CDF search picks, with whole
-    blocks only (the reshaped path) and with a partial last block; fixed seeds keep u off the boundaries."""
+def test_the_blocked_draw_equals_a_plain_inverse_cdf():
+    """PlainDraw (a max and group sums per block of columns, rescaled across blocks; then one group) picks
+    the token a plain float64 inverse-CDF search of softmax(x / T) picks: whole blocks and groups, a
+    partial last block and group (vocabulary 10,000 = 2 x 4,096 + 7 x 256 + 16), a block far below the
+    row's max, and min_tokens bans; fixed seeds keep u off the boundaries."""
     gen = torch.Generator().manual_seed(9)
-    for vocab in (1000, 1024):
-        probs = torch.rand(6, vocab, generator=gen) ** 4  # uneven rows, unnormalised
+    for vocab in (1000, 8192, 10000):
+        x = torch.randn(6, vocab, generator=gen) * 4
+        x[1, COLUMNS:] -= 60.0  # its second block is 2^-86 of its first at T 0.5: rescaled, not lost
+        temps, bans = [1.0, 0.5, 2.0, 1.0, 0.7, 1.3], [[], [3], [], [0, 1, vocab - 1], [], []]
         u = np.random.default_rng(vocab).random(6)
-        got, ok = inverse_cdf(probs, u)
-        cum = probs.double().cumsum(1).numpy()
-        want = [int(np.searchsorted(c, x * c[-1], side="right")) for c, x in zip(cum, u)]
-        assert ok.all() and got.tolist() == want
+        draw = PlainDraw(temps, bans)
+        parts = [draw.block(x.clone()[:, c:c + COLUMNS], c) for c in range(0, vocab, COLUMNS)]
+        got, ok = draw.tokens(draw.join(parts), u)
+        want = []
+        for row, (t, banned, v) in enumerate(zip(temps, bans, u)):
+            logits = x[row].double() / t
+            logits[banned] = float("-inf")
+            cum = torch.softmax(logits, -1).cumsum(0).numpy()
+            want.append(int(np.searchsorted(cum, v * cum[-1], side="right")))
+        assert ok.all() and got.tolist() == want, vocab
+        probs = torch.cat([p for p, _, _ in parts], dim=1)
+        assert probs[1, 3] == probs[3, 0] == probs[3, 1] == probs[3, vocab - 1] == 0  # banned: never drawn
+
+
+def test_the_draw_over_whole_logits_computes_what_its_blocks_compute():
+    """PlainDraw.whole (few ops over [B, V], the sampler's path) and join(block() per block) (the LM head's
+    fused path) give the same maxima, group sums and probabilities bit for bit, bans included: a seeded
+    request draws the same token whichever path its step took."""
+    gen = torch.Generator().manual_seed(3)
+    for vocab in (1000, 8192, 10000):
+        x = torch.randn(5, vocab, generator=gen) * 3
+        draw = PlainDraw([1.0, 0.3, 1.7, 1.0, 0.9], [[0], [], [vocab - 1, 5], [], [min(COLUMNS, vocab) - 1]])
+        whole = draw.whole(x.clone())
+        blocks = draw.join([draw.block(x.clone()[:, c:c + COLUMNS], c) for c in range(0, vocab, COLUMNS)])
+        assert torch.equal(whole.maxima, blocks.maxima) and torch.equal(whole.sums, blocks.sums), vocab
+        assert torch.equal(torch.cat(whole.probs, 1), torch.cat(blocks.probs, 1)), vocab
+        u = np.random.default_rng(1).random(5)
+        assert draw.tokens(whole, u)[0].tolist() == draw.tokens(blocks, u)[0].tolist()
+
+
+def test_the_blocked_draw_falls_back_to_the_best_token_without_a_distribution():
+    x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(4))
+    x[0, 17] = float("nan")
+    x[1] = float("-inf")  # nothing allowed
+    draw = PlainDraw([1.0, 1.0, 1.0])
+    got, ok = draw.tokens(draw.join([draw.block(x.clone()[:, c:c + COLUMNS], c) for c in (0, COLUMNS)]),
+                          np.full(3, 0.5))
+    assert ok.tolist() == [False, False, True] and all(0 <= t < 5000 for t in got.tolist())
 
 
 def test_top_k_only_draws_from_the_k_best():

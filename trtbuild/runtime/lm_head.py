@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
+from trtbuild.runtime.draw import COLUMNS
 from trtbuild.runtime.split import SplitRunner
 
 
@@ -26,7 +29,7 @@ class LMHead:
     Elsewhere (CUDA, no oneDNN, other dtypes) the module's own weight, whole.
     Cost: one more LM-head-sized buffer per kernel in CPU memory (64 MB for the tiny model)."""
 
-    BLOCK_COLUMNS = 4096
+    BLOCK_COLUMNS = COLUMNS  # the plain draw's block too, so it can run on each block as it is computed
 
     def __init__(self, linear: torch.nn.Linear, runner: SplitRunner | None = None):
         self.linear = linear
@@ -40,15 +43,27 @@ class LMHead:
                 self.packed = [torch.ops.mkldnn._reorder_linear_weight(block.contiguous()) for block in blocks]
             self.runner = runner if len(blocks) > 1 else None
 
+    @property
+    def blocked(self) -> bool:
+        """The projection runs in blocks of BLOCK_COLUMNS on the runner: blocks(x, then) can fuse work."""
+        return self.runner is not None
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.by_column is None:
             return self.linear(x)
+        out = self.blocks(x)
+        out = out[0] if len(out) == 1 else torch.cat(out, dim=1)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    def blocks(self, x: torch.Tensor, then: Callable[[torch.Tensor, int], object] | None = None) -> list:
+        """The logits of rows x [..., H] per block of columns, [rows, width] each, in column order; with
+        `then`, then(block, first column) instead of each block, run by the thread that computed the block
+        while it is in that core's cache (it must not change shared state: see SplitRunner)."""
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] == 1 or self.packed is None:
-            block = lambda i: rows @ self.by_column[i]  # noqa: E731
+            project = lambda i: rows @ self.by_column[i]  # noqa: E731
         else:
-            block = lambda i: torch.ops.mkldnn._linear_pointwise(rows, self.packed[i], None, "none", [None], "")  # noqa: E731
+            project = lambda i: torch.ops.mkldnn._linear_pointwise(rows, self.packed[i], None, "none", [None], "")  # noqa: E731
+        piece = project if then is None else (lambda i: then(project(i), i * self.BLOCK_COLUMNS))
         count = len(self.by_column)
-        out = self.runner.map(block, count) if self.runner else [block(i) for i in range(count)]
-        out = out[0] if count == 1 else torch.cat(out, dim=1)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return self.runner.map(piece, count) if self.runner else [piece(i) for i in range(count)]

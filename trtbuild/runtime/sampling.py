@@ -12,7 +12,9 @@ One step is a fixed handful of batched tensor ops whatever the mix of requests i
    step), min_tokens (EOS and stop ids banned), and per-request logits processors (the hook for
    structured output: `SamplingParams.logits_processors`, each `f(output_ids, logits_row) -> logits_row`);
 3. greedy rows: argmax (blocked, argmax_rows). Sampled rows without top-k/top-p: exp((logits - max) / T)
-   (as exp2, unnormalised) and an inverse-CDF draw in two levels (block sums, then one block): no sort.
+   and an inverse-CDF draw in two levels, per block of vocabulary columns (trtbuild.runtime.draw): no
+   sort. When every row of a step is such a row, the engine runs those blocks inside its LM head instead
+   (plain_draw, sample_blocks): the same numbers, while each block is still in the cache.
    Rows with top-k and/or top-p: the top candidates (top_k of them, or TOP_P_CANDIDATES for top-p alone),
    the nucleus among them, the same inverse-CDF draw; a top-p row whose nucleus does not fit the
    candidates is sorted in full (exact).
@@ -32,12 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from trtbuild.runtime.draw import PlainDraw
 from trtbuild.runtime.interface import SamplingParams
 
 TOP_P_CANDIDATES = 256  # a top-p-only row looks for its nucleus among its best 256 tokens, else sorts all
-BLOCK = 256  # inverse-CDF draw: cumulative sums over blocks of 256 tokens, then inside the chosen block
+BLOCK = 256  # argmax_rows: the maxima of blocks of 256 tokens, then inside the best block
 MASK64 = (1 << 64) - 1
-LOG2_E = 1.4426950408889634  # log2(e): exp(y) = 2 ** (y * LOG2_E)
 
 
 def uniform(seed: int, position: int) -> float:
@@ -46,34 +48,6 @@ def uniform(seed: int, position: int) -> float:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
     return ((z ^ (z >> 31)) >> 11) * 2.0 ** -53
-
-
-def inverse_cdf(probs: torch.Tensor, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """probs [P, V] float32 (unnormalised is fine), u [P] in [0, 1) -> (the token where each u falls in its
-    row's CDF, whether the row had a usable distribution). Two levels, so that only block sums and one
-    block per row are accumulated (in float64); the small work is numpy (a few us, not torch's tens)."""
-    n, vocab = probs.shape
-    full = vocab // BLOCK * BLOCK
-    sums = probs[:, :full].reshape(n, -1, BLOCK).sum(-1)
-    if full < vocab:
-        sums = torch.cat([sums, probs[:, full:].sum(-1, keepdim=True)], dim=1)
-    cum = sums.numpy().astype(np.float64).cumsum(1)
-    total = cum[:, -1]
-    ok = np.isfinite(total) & (total > 0)
-    target = u * np.where(ok, total, 0.0)
-    block = np.minimum((cum <= target[:, None]).sum(1), cum.shape[1] - 1)  # searchsorted, side right
-    rows = np.arange(n)
-    before = np.where(block > 0, cum[rows, block - 1], 0.0)
-    if full == vocab:  # vocabularies are multiples of 256 (Mistral's 32,768): each row's block is a slice
-        inner = probs.numpy().reshape(n, -1, BLOCK)[rows, block].astype(np.float64)
-    else:
-        cols = block[:, None] * BLOCK + np.arange(BLOCK)
-        inner = (probs.numpy()[rows[:, None], np.minimum(cols, vocab - 1)] * (cols < vocab)).astype(np.float64)
-    inner = inner.cumsum(1)  # NaN only in rows that are not ok (a NaN block sum): their tokens are not used
-    # float64 sums of float32 terms may round a hair past the block's total: stay inside the block
-    rest = np.minimum(target - before, np.nextafter(inner[:, -1], 0.0))
-    pos = np.minimum((inner <= rest[:, None]).sum(1), BLOCK - 1)
-    return block * BLOCK + pos, ok
 
 
 def rows_of(x: torch.Tensor, idx: list[int]) -> torch.Tensor:
@@ -208,6 +182,22 @@ class Sampler:
             out.append((token_list[i], lp, top))
         return out
 
+    def plain_draw(self, states: list[SamplerState]) -> PlainDraw | None:
+        """The step's draw when every row is plain-sampled with no edit but min_tokens bans (no logprobs,
+        penalties, logit_bias or processors): the engine then runs draw.block on each block of its LM head
+        as the block is computed, and hands the results to sample_blocks. None: sample() whole logits."""
+        if any(s.greedy or s.truncated or s.counts or s.bias or s.processors or s.params.logprobs
+               or s.params.top_logprobs for s in states):
+            return None
+        return PlainDraw([s.params.temperature for s in states],
+                         [s.banned if s.generated < s.params.min_tokens else [] for s in states])
+
+    def sample_blocks(self, draw: PlainDraw, parts: list, states: list[SamplerState]) -> list[tuple[int, None, None]]:
+        """sample() for a plain_draw step, from its blocks' results in column order: the same tokens."""
+        tokens = draw.tokens(draw.join(parts), self._uniforms(states))[0].tolist()
+        self._record(states, tokens)
+        return [(token, None, None) for token in tokens]
+
     def _edit(self, logits: torch.Tensor, states: list[SamplerState]) -> dict[int, Exception]:
         """logit_bias, penalties, min_tokens bans and logits processors, batched where they apply; returns
         the rows whose processor failed."""
@@ -263,20 +253,16 @@ class Sampler:
             logits.index_copy_(0, torch.tensor(idx), sub)
 
     def _draw_plain(self, logits: torch.Tensor, idx: list[int], states: list[SamplerState]) -> torch.Tensor:
-        """softmax(logits / T) over the whole vocabulary (unnormalised), one inverse-CDF draw per row."""
+        """softmax(logits / T) over the whole vocabulary, one inverse-CDF draw per row, in the blocks of
+        trtbuild.runtime.draw (the engine's LM head runs the same blocks when the whole step is plain)."""
         x = rows_of(logits, idx)  # the step's own logits: edited in place
-        # exp((x - max) / T) as 2 ** ((x - max) * log2(e) / T), in place and unnormalised (the draw scales
-        # by each row's total): no overflow whatever T, x keeps its order, no softmax pass to divide or
-        # buffer to allocate; torch's exp2 takes half of exp's time here (0.55 vs 1.06 ms on 32 x 32,768
-        # float32, AVX2), within 1e-6 of it
-        scale = torch.tensor([LOG2_E / states[i].params.temperature for i in idx])[:, None]
-        probs = x.sub_(x.amax(-1, keepdim=True)).mul_(scale).exp2_()
-        u = np.array([uniform(states[i].seed, states[i].generated) for i in idx])
-        tokens, ok = inverse_cdf(probs, u)
-        if not ok.all():  # NaN/inf (an overflowing temperature) or nothing allowed: take the best token
-            for j in np.flatnonzero(~ok).tolist():
-                tokens[j] = int(torch.nan_to_num(x[j]).argmax())
+        draw = PlainDraw([states[i].params.temperature for i in idx])
+        tokens, _ = draw.tokens(draw.whole(x), self._uniforms([states[i] for i in idx]))
         return torch.from_numpy(tokens)
+
+    @staticmethod
+    def _uniforms(states: list[SamplerState]) -> np.ndarray:
+        return np.array([uniform(s.seed, s.generated) for s in states])
 
     def _draw_truncated(self, logits: torch.Tensor, idx: list[int], states: list[SamplerState]) -> torch.Tensor:
         """top-k and/or top-p rows: the nucleus among each row's best candidates, then the same draw."""

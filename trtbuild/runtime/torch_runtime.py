@@ -3,12 +3,12 @@
     engine = TorchEngine(engine_dir)       # or trtbuild.runtime.load_engine(engine_dir)
     stream = engine.submit(prompt_ids, SamplingParams(max_tokens=32, temperature=0))
 
-How it works (gpt-fast style, the whole hot path is in this file):
+How it works (gpt-fast style: the loop and the forward are in this file, each piece it calls is short):
 - Weights load into plain-torch Mistral modules (trtbuild.runtime.mistral: transformers' parameter names
   and math, without its import cost); FP8 checkpoints get FP8Linear layers (trtbuild.runtime.fp8).
   Attention here runs over our own KV cache.
-- The KV cache is preallocated: [layers, max_batch_size, kv_heads, max_seq_len, head_dim] for keys and for
-  values, one slot per running request. Each step writes the new keys/values at the request's positions,
+- The KV cache (trtbuild.runtime.kv_cache) is preallocated: [layers, max_batch_size, kv_heads,
+  max_seq_len, head_dim] for keys and for values, one slot per running request. Each step writes the new keys/values at the request's positions,
   then attends over cache[slot, :, :max_len] with a mask that hides every position past the request's own
   length, so requests of different lengths share one batched forward. With an FP8 KV cache the cache
   tensors are float8_e4m3fn and hold round(k / k_scale), as an FP8 KV cache stores them.
@@ -20,8 +20,9 @@ How it works (gpt-fast style, the whole hot path is in this file):
 - Sampling is one batched pass over the step's logits (trtbuild.runtime.sampling), with counter-based
   per-request seeds, so a request's tokens do not depend on what else is in the batch.
 - The step's widest matmul, the LM head (trtbuild.runtime.lm_head: blocks of vocabulary columns), is
-  shared with a helper thread on a second CPU (trtbuild.runtime.split); everything else runs on the engine
-  thread with one torch thread.
+  shared with a helper thread on a second CPU (trtbuild.runtime.split); when every row samples plainly
+  (temperature only), the draw's work runs on each block as it is computed (trtbuild.runtime.draw).
+  Everything else runs on the engine thread with one torch thread.
 - Compute dtype: float32 on CPU (CPU float16 matmuls are slow and lossy), the weights' dtype on CUDA.
 """
 
@@ -39,12 +40,12 @@ import torch.nn.functional as F
 
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, verify_engine
-from trtbuild.runtime.fp8 import FP8, round_fp8
 from trtbuild.runtime.lm_head import LMHead
 from trtbuild.runtime.split import SplitRunner
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
                                         SamplingParams, batched_wakeups)
 from trtbuild.runtime.guided import grammar_processors
+from trtbuild.runtime.kv_cache import KVCache
 from trtbuild.runtime.mistral import load_checkpoint
 from trtbuild.runtime.sampling import Sampler, SamplerState
 from trtbuild.tokenizer import Tokenizer
@@ -66,36 +67,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class KVCache:
-    """Keys and values of `batch` sequences of up to `max_len` tokens, per layer; FP8 when scales are given."""
-
-    def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype,
-                 device: str, fp8_scales: torch.Tensor | None = None):
-        self.dtype, self.scales = dtype, fp8_scales
-        shape = (layers, batch, kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=FP8 if fp8_scales is not None else dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-
-    def update(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor,
-               v: torch.Tensor, upto: int, run: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, kv_heads, n, head_dim] at `positions` [B, n] of `slots` [B]; return this layer's
-        keys and values of those slots for positions [0, upto) as [B, kv_heads, upto, head_dim]: a view when
-        `run` says the slots are consecutive (no copy), else a gathered copy."""
-        if self.scales is not None:
-            k, v = round_fp8(k, self.scales[layer, 0]), round_fp8(v, self.scales[layer, 1])
-        # Advanced indices on dims 0 and 2 put the indexed dims first: the target is [B, n, kv_heads, hd].
-        self.k[layer][slots[:, None], :, positions] = k.transpose(1, 2)
-        self.v[layer][slots[:, None], :, positions] = v.transpose(1, 2)
-        if run is not None:
-            keys, values = self.k[layer][run, :, :upto], self.v[layer][run, :, :upto]
-        else:
-            keys, values = self.k[layer][slots, :, :upto], self.v[layer][slots, :, :upto]
-        if self.scales is not None:
-            keys = keys.to(self.dtype) * self.scales[layer, 0].to(self.dtype)
-            values = values.to(self.dtype) * self.scales[layer, 1].to(self.dtype)
-        return keys, values
-
-
 class TorchModel:
     """Mistral forward over a slot-indexed KV cache (the modules of trtbuild.runtime.mistral)."""
 
@@ -114,10 +85,15 @@ class TorchModel:
 
     def forward(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor, starts: torch.Tensor,
                 last: torch.Tensor | None = None, run: slice | None = None, fresh: bool = False) -> torch.Tensor:
-        """tokens [B, n] at positions starts[b] + (0..n-1) of cache slots[b] -> float32 logits of the
-        positions `last` selects in each row: last [B] -> [B, V]; last [B, k] -> [B, k, V]; None -> [B, n, V].
-        run: slice(first, first + B) when slots are exactly those (attention then reads a view).
-        fresh: every start is 0 (whole prompts, right-padded): plain causal attention, no mask."""
+        """float32 logits of hidden(...) [..., V]."""
+        return self.lm_head(self.hidden(tokens, cache, slots, starts, last, run, fresh)).float()
+
+    def hidden(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor, starts: torch.Tensor,
+               last: torch.Tensor | None = None, run: slice | None = None, fresh: bool = False) -> torch.Tensor:
+        """tokens [B, n] at positions starts[b] + (0..n-1) of cache slots[b] -> the final norm's output (the
+        LM head's input) at the positions `last` selects in each row: last [B] -> [B, H]; last [B, k] ->
+        [B, k, H]; None -> [B, n, H]. run: slice(first, first + B) when slots are exactly those (attention
+        then reads a view). fresh: every start is 0 (whole prompts, right-padded): causal, no mask."""
         m = self.net.model
         batch, n = tokens.shape
         positions = starts[:, None] + torch.arange(n, device=self.device)  # [B, n]
@@ -138,7 +114,7 @@ class TorchModel:
         if last is not None:  # the lm_head (the largest matmul of a small model) only where it is needed
             rows = torch.arange(batch, device=self.device).view(-1, *([1] * (last.dim() - 1)))
             x = x[rows, last]
-        return self.lm_head(m.norm(x)).float()
+        return m.norm(x)
 
     def _attention(self, attn, h, layer, cos, sin, cache, slots, positions, mask, upto, run):
         q, k, v = attn.qkv(h, cos, sin)
@@ -169,11 +145,11 @@ class TorchEngine(Engine):
         # busy 2-core box, tiny model, one decode step at batch 1 / 8: 174 / 708 ms with 2 threads,
         # 19 / 27 ms with 1). TRTBUILD_TORCH_THREADS overrides it, e.g. for a larger model on many cores.
         self.threads = threads or _count_from_env("TRTBUILD_TORCH_THREADS", 1)
-        # The LM head's vocabulary blocks (trtbuild.runtime.lm_head) run on this many threads, the engine's
-        # own included: by default on a second CPU where the process may use one (not under `taskset -c 0`)
-        # and torch runs one intra-op thread. TRTBUILD_STEP_THREADS overrides it (1: the engine thread alone).
-        # The sampler's passes stay on the engine thread: split into groups of rows they were slower (they
-        # are bound by memory bandwidth, which the two vCPUs share; docs/benchmarks.md, sixth pass).
+        # The LM head's vocabulary blocks (trtbuild.runtime.lm_head), and a plain-sampled step's draw inside
+        # them, run on this many threads, the engine's own included: by default on a second CPU where the
+        # process may use one (not under `taskset -c 0`) and torch runs one intra-op thread.
+        # TRTBUILD_STEP_THREADS overrides it (1: the engine thread alone). Other sampling stays on the engine
+        # thread: split by rows it was slower (docs/benchmarks.md, sixth pass).
         default = min(2, len(os.sched_getaffinity(0))) if self.threads == 1 else 1
         self.step_threads = step_threads or _count_from_env("TRTBUILD_STEP_THREADS", default)
         manifest = manifest or verify_engine(self.engine_dir)
@@ -343,26 +319,32 @@ class TorchEngine(Engine):
         for row, req in enumerate(group):
             tokens[row, :len(req.prompt)] = torch.tensor(req.prompt)
             req.length = len(req.prompt)
-        logits = self.model.forward(tokens.to(self.device), self._cache, self._slots(group),
-                                    torch.zeros(len(group), dtype=torch.long, device=self.device),
-                                    last=self._tensor([r.length - 1 for r in group]), fresh=True)
-        self._sample(group, logits)
+        hidden = self.model.hidden(tokens.to(self.device), self._cache, self._slots(group),
+                                   torch.zeros(len(group), dtype=torch.long, device=self.device),
+                                   last=self._tensor([r.length - 1 for r in group]), fresh=True)
+        self._sample(group, hidden)
 
     def _decode(self, requests: list[_Request]) -> None:
         tokens = self._tensor([[r.next_token] for r in requests])
         starts = self._tensor([r.length for r in requests])
         first, count = requests[0].slot, len(requests)
         consecutive = requests[-1].slot - first == count - 1  # _running is in slot order
-        logits = self.model.forward(tokens, self._cache, self._slots(requests), starts,
-                                    last=torch.zeros(count, dtype=torch.long, device=self.device),
-                                    run=slice(first, first + count) if consecutive else None)
+        hidden = self.model.hidden(tokens, self._cache, self._slots(requests), starts,
+                                   last=torch.zeros(count, dtype=torch.long, device=self.device),
+                                   run=slice(first, first + count) if consecutive else None)
         for req in requests:
             req.length += 1
-        self._sample(requests, logits)
+        self._sample(requests, hidden)
 
-    def _sample(self, requests: list[_Request], logits: torch.Tensor) -> None:
-        # On the CPU: the tokens are needed there anyway, and the sampler's per-request state lives there.
-        sampled = self._sampler.sample(logits.cpu(), [r.sampler for r in requests])
+    def _sample(self, requests: list[_Request], hidden: torch.Tensor) -> None:
+        """The LM head and the next tokens. A step whose rows are all plain-sampled draws inside the LM
+        head's blocks (Sampler.plain_draw): the same tokens, without passes over the whole logits after."""
+        states, head = [r.sampler for r in requests], self.model.lm_head
+        draw = self._sampler.plain_draw(states) if head.blocked else None
+        if draw is not None:
+            sampled = self._sampler.sample_blocks(draw, head.blocks(hidden, draw.block), states)
+        else:  # on the CPU: the tokens are needed there anyway, and the sampler's state lives there
+            sampled = self._sampler.sample(head(hidden).float().cpu(), states)
         with batched_wakeups():  # one wake-up per consumer loop per step, not one per token
             for req, out in zip(requests, sampled):
                 if isinstance(out, Exception):  # that request's logits processor failed: it fails alone

@@ -1,0 +1,127 @@
+"""The plain sampled draw (temperature, no top-k/top-p) in blocks of vocabulary columns, so that it can run
+on each block of the LM head's output while the block is still in the cache, on whichever thread computed
+it (trtbuild.runtime.lm_head), instead of in passes over the whole [B, V] logits afterwards.
+
+    draw = PlainDraw(temperatures, bans)                     # one step, rows that are all plain-sampled
+    parts = [draw.block(logits[:, c:c + COLUMNS], c) for c in range(0, V, COLUMNS)]  # any thread, any order
+    tokens, ok = draw.tokens(parts, u)                       # u [B]: each row's uniform in [0, 1)
+
+Per block (it edits only the block it is given): the row's banned ids set to -inf, the block's max m_b,
+p = 2 ** ((x - m_b) * log2(e) / T) in place (exp((x - m_b) / T), unnormalised; exp2 takes half of exp's
+time), and the sum of every GROUP columns. Across blocks the sums are rescaled by 2 ** ((m_b - m) * log2(e)
+/ T), m the row's max (the rescaling of an online softmax), so the draw is from exp((x - m) / T) up to float
+rounding. The draw is an inverse CDF in two levels: the group sums in float64, then inside one group; no
+sort. Every plain draw goes through these blocks (the LM head's, or the sampler's own on logits it got
+whole), so a seeded request draws the same token from the same logits whichever path ran.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+COLUMNS = 4096  # a block: the LM head's unit of work (512 KB of float32 at 32 rows: it stays in L2)
+GROUP = 256  # the draw's first level: sums of 256 columns
+LOG2_E = 1.4426950408889634  # log2(e): exp(y) = 2 ** (y * LOG2_E)
+NEG_INF = torch.tensor(float("-inf"))
+
+
+class Drawn(NamedTuple):
+    """A step's blocks, drawn from: probabilities (unnormalised, per block) in pieces that cover the
+    vocabulary in order (all as wide as the first but the last), each block's max [B, blocks], and the
+    sums of every GROUP columns [B, groups]."""
+
+    probs: list[torch.Tensor]
+    maxima: torch.Tensor
+    sums: torch.Tensor
+
+
+class PlainDraw:
+    """One step's draw for B rows: temperatures [B] (> 0); bans: per row, token ids (< V) to exclude."""
+
+    def __init__(self, temperatures: list[float], bans: list[list[int]] | None = None):
+        self.scale = LOG2_E / np.array(temperatures, dtype=np.float64)[:, None]
+        self._scale32 = torch.from_numpy(self.scale.astype(np.float32))
+        pairs = [(row, token) for row, ids in enumerate(bans or ()) for token in ids]
+        self._bans: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block -> (rows, columns in the block)
+        if pairs:
+            rows, tokens = torch.tensor(pairs).T
+            self._every_ban = (rows, tokens)
+            for block in (tokens // COLUMNS).unique().tolist():
+                inside = tokens // COLUMNS == block
+                self._bans[block] = (rows[inside], tokens[inside] % COLUMNS)
+
+    def block(self, x: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, w]: the logits of columns first .. first + w (first a multiple of COLUMNS), edited in place
+        -> (x as unnormalised probabilities, the block's max per row [B, 1], group sums [B, ceil(w / GROUP)])."""
+        ban = self._bans.get(first // COLUMNS)
+        if ban is not None:
+            x.index_put_(ban, NEG_INF)
+        top = x.amax(-1, keepdim=True)
+        x.sub_(top).mul_(self._scale32).exp2_()
+        rows, width = x.shape
+        full = width // GROUP * GROUP
+        sums = x[:, :full].reshape(rows, -1, GROUP).sum(-1)
+        if full < width:
+            sums = torch.cat([sums, x[:, full:].sum(-1, keepdim=True)], dim=1)
+        return x, top, sums
+
+    def whole(self, x: torch.Tensor) -> Drawn:
+        """join([block(x[:, c:c + COLUMNS], c) for every c]), as the same few ops over the whole of x [B, V]
+        (edited in place): the same numbers, without a loop of small ops on one thread."""
+        if not x.is_contiguous():
+            x = x.contiguous()
+        if self._bans:
+            x.index_put_(self._every_ban, NEG_INF)
+        batch, vocab = x.shape
+        count = vocab // COLUMNS
+        if not count:
+            return self.join([self.block(x, 0)])
+        blocks = x[:, :count * COLUMNS].view(batch, count, COLUMNS)
+        top = blocks.amax(-1, keepdim=True)
+        blocks.sub_(top).mul_(self._scale32[:, :, None]).exp2_()
+        drawn = Drawn([x], top.view(batch, count), blocks.view(batch, count, -1, GROUP).sum(-1).view(batch, -1))
+        if count * COLUMNS == vocab:
+            return drawn
+        _, tail_top, tail_sums = self.block(x[:, count * COLUMNS:], count * COLUMNS)  # a partial last block
+        return Drawn([x], torch.cat([drawn.maxima, tail_top], 1), torch.cat([drawn.sums, tail_sums], 1))
+
+    @staticmethod
+    def join(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Drawn:
+        """The results of block() for every block, in column order."""
+        return Drawn([p for p, _, _ in parts], torch.cat([top for _, top, _ in parts], 1),
+                     torch.cat([sums for _, _, sums in parts], 1))
+
+    def tokens(self, drawn: Drawn, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (each row's token, whether its row had a usable distribution: rows that did not (NaN, or
+        nothing allowed) take the most likely token instead)."""
+        probs = [p.numpy() for p in drawn.probs]
+        maxima = drawn.maxima.numpy().astype(np.float64)
+        with np.errstate(invalid="ignore"):  # -inf - -inf: a row or block with nothing allowed
+            weight = np.exp2((maxima - maxima.max(1, keepdims=True)) * self.scale)
+        weight[~(weight > 0)] = 0.0  # NaN (such a block, or a NaN logit) contributes nothing
+        sums = drawn.sums.numpy() * np.repeat(weight, COLUMNS // GROUP, axis=1)[:, :drawn.sums.shape[1]]
+        sums[~np.isfinite(sums)] = 0.0  # inf * 0 and NaN in a block whose weight is 0
+        cum = sums.cumsum(1)
+        total = cum[:, -1]
+        ok = total > 0
+        target = u * total
+        group = np.minimum((cum <= target[:, None]).sum(1), cum.shape[1] - 1)  # searchsorted, side right
+        rows = np.arange(len(u))
+        before = np.where(group > 0, cum[rows, group - 1], 0.0)
+        inner = np.zeros((len(u), GROUP))  # the chosen group of each row, zero past a partial last group
+        width = probs[0].shape[1]  # every piece but the last
+        for row, column in enumerate((group * GROUP).tolist()):
+            piece, start = divmod(column, width)
+            values = probs[piece][row, start:start + GROUP]
+            inner[row, :len(values)] = values
+        inner = inner.cumsum(1) * weight[rows, group * GROUP // COLUMNS][:, None]
+        # float64 sums of float32 terms may round a hair past the group's total: stay inside the group
+        rest = np.minimum(target - before, np.nextafter(inner[:, -1], 0.0))
+        vocab = sum(p.shape[1] for p in probs)
+        picked = np.minimum(group * GROUP + (inner <= rest[:, None]).sum(1), vocab - 1)
+        for row in np.flatnonzero(~ok).tolist():
+            picked[row] = int(torch.nan_to_num(torch.cat([p[row] for p in drawn.probs])).argmax())
+        return picked, ok
