@@ -4,7 +4,8 @@ it (trtbuild.runtime.lm_head), instead of in passes over the whole [B, V] logits
 
     draw = PlainDraw(temperatures, bans)                     # one step, rows that are all plain-sampled
     parts = [draw.block(logits[:, c:c + COLUMNS], c) for c in range(0, V, COLUMNS)]  # any thread, any order
-    tokens, ok = draw.tokens(parts, u)                       # u [B]: each row's uniform in [0, 1)
+    tokens, ok = draw.tokens(draw.join(parts), u)            # u [B]: each row's uniform in [0, 1)
+    tokens, ok = draw.tokens(draw.whole(logits), u)          # the same numbers, logits given whole
 
 Per block (it edits only the block it is given): the row's banned ids set to -inf, the block's max m_b,
 p = 2 ** ((x - m_b) * log2(e) / T) in place (exp((x - m_b) / T), unnormalised; exp2 takes half of exp's
