@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import scipy.stats
 
-from trtbuild.bench import LoadSpec, WorkloadSpec, load_run, run_online_bench
+from trtbuild.bench import LoadSpec, WorkloadSpec, load_run
 from trtbuild.bench import environment, offline, stats
 from trtbuild.bench.results import RequestRecord
 from trtbuild.bench.runner import summarize

@@ -11,7 +11,6 @@ asserted: a 2-layer model trained for seconds mixes them up; the shapes, the par
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 import httpx
 import jsonschema
