@@ -47,6 +47,7 @@ class PlainDraw:
         self._scale32 = torch.from_numpy(self.scale.astype(np.float32))
         pairs = [(row, token) for row, ids in enumerate(bans or ()) for token in ids]
         self._bans: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block -> (rows, columns in the block)
+        self._every_ban: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, token ids)
         if pairs:
             rows, tokens = torch.tensor(pairs).T
             self._every_ban = (rows, tokens)
@@ -60,6 +61,9 @@ class PlainDraw:
         ban = self._bans.get(first // COLUMNS)
         if ban is not None:
             x.index_put_(ban, NEG_INF)
+        return self._unbanned_block(x)
+
+    def _unbanned_block(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         top = x.amax(-1, keepdim=True)
         x.sub_(top).mul_(self._scale32).exp2_()
         rows, width = x.shape
@@ -74,19 +78,19 @@ class PlainDraw:
         (edited in place): the same numbers, without a loop of small ops on one thread."""
         if not x.is_contiguous():
             x = x.contiguous()
-        if self._bans:
+        if self._every_ban is not None:
             x.index_put_(self._every_ban, NEG_INF)
         batch, vocab = x.shape
         count = vocab // COLUMNS
         if not count:
-            return self.join([self.block(x, 0)])
+            return self.join([self._unbanned_block(x)])
         blocks = x[:, :count * COLUMNS].view(batch, count, COLUMNS)
         top = blocks.amax(-1, keepdim=True)
         blocks.sub_(top).mul_(self._scale32[:, :, None]).exp2_()
         drawn = Drawn([x], top.view(batch, count), blocks.view(batch, count, -1, GROUP).sum(-1).view(batch, -1))
         if count * COLUMNS == vocab:
             return drawn
-        _, tail_top, tail_sums = self.block(x[:, count * COLUMNS:], count * COLUMNS)  # a partial last block
+        _, tail_top, tail_sums = self._unbanned_block(x[:, count * COLUMNS:])  # a partial last block
         return Drawn([x], torch.cat([drawn.maxima, tail_top], 1), torch.cat([drawn.sums, tail_sums], 1))
 
     @staticmethod

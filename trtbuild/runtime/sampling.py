@@ -105,6 +105,11 @@ class SamplerState:
     def truncated(self) -> bool:
         return self.params.top_k > 0 or self.params.top_p < 1
 
+    @property
+    def bans(self) -> list[int]:
+        """The ids banned at this step: EOS and the stop ids until min_tokens are out."""
+        return self.banned if self.generated < self.params.min_tokens else []
+
 
 class Sampler:
     def __init__(self, vocab_size: int, eos_id: int, capacity: int, device: str = "cpu"):
@@ -190,7 +195,7 @@ class Sampler:
                or s.params.top_logprobs for s in states):
             return None
         return PlainDraw([s.params.temperature for s in states],
-                         [s.banned if s.generated < s.params.min_tokens else [] for s in states])
+                         [s.bans for s in states])
 
     def sample_blocks(self, draw: PlainDraw, parts: list, states: list[SamplerState]) -> list[tuple[int, None, None]]:
         """sample() for a plain_draw step, from its blocks' results in column order: the same tokens."""
@@ -207,9 +212,9 @@ class Sampler:
                 bias_rows += [i] * len(s.bias[0])
                 bias_ids += s.bias[0]
                 bias_vals += s.bias[1]
-            if s.banned and s.generated < s.params.min_tokens:
-                ban_rows += [i] * len(s.banned)
-                ban_ids += s.banned
+            if bans := s.bans:
+                ban_rows += [i] * len(bans)
+                ban_ids += bans
         if bias_rows:
             logits.index_put_((torch.tensor(bias_rows), torch.tensor(bias_ids)), torch.tensor(bias_vals),
                               accumulate=True)
@@ -286,7 +291,7 @@ class Sampler:
         before = probs.cumsum(-1) - probs
         keep = in_k & ((before <= top_p) | (top_p >= 1))  # the smallest nucleus whose mass reaches top_p
         kept = probs * keep
-        u = torch.tensor([uniform(states[i].seed, states[i].generated) for i in idx], dtype=torch.float64)
+        u = torch.from_numpy(self._uniforms([states[i] for i in idx]))
         cum = kept.cumsum(-1)
         rest = torch.minimum(u * cum[:, -1], torch.nextafter(cum[:, -1], torch.zeros_like(cum[:, -1])))
         pos = torch.searchsorted(cum, rest[:, None], right=True).clamp_(max=k - 1)[:, 0]

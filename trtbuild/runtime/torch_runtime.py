@@ -8,10 +8,11 @@ How it works (gpt-fast style: the loop and the forward are in this file, each pi
   and math, without its import cost); FP8 checkpoints get FP8Linear layers (trtbuild.runtime.fp8).
   Attention here runs over our own KV cache.
 - The KV cache (trtbuild.runtime.kv_cache) is preallocated: [layers, max_batch_size, kv_heads,
-  max_seq_len, head_dim] for keys and for values, one slot per running request. Each step writes the new keys/values at the request's positions,
-  then attends over cache[slot, :, :max_len] with a mask that hides every position past the request's own
-  length, so requests of different lengths share one batched forward. With an FP8 KV cache the cache
-  tensors are float8_e4m3fn and hold round(k / k_scale), as an FP8 KV cache stores them.
+  max_seq_len, head_dim] for keys and for values, one slot per running request. Each step writes the new
+  keys/values at the request's positions, then attends over cache[slot, :, :max_len] with a mask that hides
+  every position past the request's own length, so requests of different lengths share one batched
+  forward. With an FP8 KV cache the cache tensors are float8_e4m3fn and hold round(k / k_scale), as an FP8
+  KV cache stores them.
 - A background thread loops: admit waiting requests into free slots (up to max_batch_size), prefill
   them together (right-padded, their first token comes from their last prompt position), then one
   batched decode step for every running request. Finished or cancelled requests free their slot at the
