@@ -194,6 +194,31 @@ def test_only_plain_steps_draw_inside_the_lm_head():
         assert sampler.plain_draw(states) is None, other
 
 
+def test_a_plain_draw_is_built_again_only_when_its_rows_change():
+    """The step's PlainDraw is kept while its rows' temperatures and bans stay the same, and rebuilt when
+    they change: the bans lift once min_tokens are out, another temperature scales differently."""
+    from trtbuild.runtime import SamplingParams
+    from trtbuild.runtime.sampling import Sampler
+
+    def allowed(draw, token):  # the probability the draw gives `token` in every row, from flat logits
+        probs, _, _ = draw.block(torch.zeros(3, 1000), 0)
+        return probs[:, token].tolist()
+
+    sampler = Sampler(1000, 2, 16)
+    states = plain_states(sampler, 3, min_tokens=2, stop_token_ids=[7])
+    first = sampler.plain_draw(states)
+    assert sampler.plain_draw(states) is first
+    assert allowed(first, 2) == allowed(first, 7) == [0.0] * 3 and allowed(first, 8) == [1.0] * 3
+    sampler._record(states, [5, 5, 5])
+    assert sampler.plain_draw(states) is first  # one token in: still banned
+    sampler._record(states, [5, 5, 5])
+    lifted = sampler.plain_draw(states)  # min_tokens are out
+    assert lifted is not first and allowed(lifted, 2) == allowed(lifted, 7) == [1.0] * 3
+    states[1] = sampler.start(SamplingParams(max_tokens=50, seed=1, temperature=1.5), [1, 2], row=1)
+    hotter = sampler.plain_draw(states)
+    assert hotter is not lifted and hotter.scale[1, 0] == pytest.approx(1.4426950408889634 / 1.5)
+
+
 def test_the_engine_draws_plain_steps_inside_its_lm_head(engine_dirs, monkeypatch):
     """With a second step thread the engine takes the fused path for plain-sampled steps and sample() for
     others; a seeded request alone draws the same tokens either way (the same blocks of the same head)."""

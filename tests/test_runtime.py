@@ -78,6 +78,23 @@ def test_the_cpu_lm_head_kernels_equal_the_linear_layer(engine):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch", [1, 8])
+def test_decode_attention_equals_grouped_query_attention(batch):
+    """attend() runs a decode step's query heads as rows of one attention per KV head: what enable_gqa
+    computes (query head h reads KV head h // 4 here), with each row's own length in the mask."""
+    from trtbuild.runtime.torch_runtime import attend
+
+    gen = torch.Generator().manual_seed(batch)
+    keys, values = torch.randn(batch, 2, 40, 32, generator=gen), torch.randn(batch, 2, 40, 32, generator=gen)
+    for n in (1, 3):  # a decode step, and several new tokens (the general path)
+        q = torch.randn(batch, 8, n, 32, generator=gen)
+        positions = torch.tensor([[39 - 5 * b - (n - 1) + j for j in range(n)] for b in range(batch)])
+        mask = torch.arange(40)[None, None, None, :] <= positions[:, None, :, None]
+        want = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        # 1e-6: float32 sums of 40 terms, blocked differently by the two kernels (the results are ~1)
+        torch.testing.assert_close(attend(q, keys, values, mask), want, rtol=0, atol=1e-6)
+
+
 def test_greedy_alone_equals_transformers_generate(engine, prompts, hf_greedy):
     for ids, expected in list(zip(prompts, hf_greedy))[::3]:
         result = engine.generate([ids], GREEDY)[0]

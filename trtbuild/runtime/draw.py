@@ -45,15 +45,16 @@ class PlainDraw:
     def __init__(self, temperatures: list[float], bans: list[list[int]] | None = None):
         self.scale = LOG2_E / np.array(temperatures, dtype=np.float64)[:, None]
         self._scale32 = torch.from_numpy(self.scale.astype(np.float32))
-        pairs = [(row, token) for row, ids in enumerate(bans or ()) for token in ids]
-        self._bans: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block -> (rows, columns in the block)
-        self._every_ban: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, token ids)
-        if pairs:
-            rows, tokens = torch.tensor(pairs).T
-            self._every_ban = (rows, tokens)
-            for block in (tokens // COLUMNS).unique().tolist():
-                inside = tokens // COLUMNS == block
-                self._bans[block] = (rows[inside], tokens[inside] % COLUMNS)
+        # block -> (rows, columns in the block). Built in plain Python: a step bans a few ids a row (EOS and
+        # the stop ids), and a dozen small torch ops here cost ~0.2 ms a step on the engine thread.
+        by_block: dict[int, tuple[list[int], list[int]]] = {}
+        for row, ids in enumerate(bans or ()):
+            for token in ids:
+                block, column = divmod(token, COLUMNS)
+                rows, columns = by_block.setdefault(block, ([], []))
+                rows.append(row)
+                columns.append(column)
+        self._bans = {block: (torch.tensor(rows), torch.tensor(columns)) for block, (rows, columns) in by_block.items()}
 
     def block(self, x: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, w]: the logits of columns first .. first + w (first a multiple of COLUMNS), edited in place
@@ -78,8 +79,8 @@ class PlainDraw:
         (edited in place): the same numbers, without a loop of small ops on one thread."""
         if not x.is_contiguous():
             x = x.contiguous()
-        if self._every_ban is not None:
-            x.index_put_(self._every_ban, NEG_INF)
+        for block, (rows, columns) in self._bans.items():
+            x.index_put_((rows, columns + block * COLUMNS), NEG_INF)
         batch, vocab = x.shape
         count = vocab // COLUMNS
         if not count:
@@ -101,32 +102,37 @@ class PlainDraw:
 
     def tokens(self, drawn: Drawn, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (each row's token, whether its row had a usable distribution: rows that did not (NaN, or
-        nothing allowed) take the most likely token instead)."""
-        probs = [p.numpy() for p in drawn.probs]
+        nothing allowed) take the most likely token instead). Few numpy calls: this runs after the LM head,
+        when the engine thread's caches are cold and each call costs several times its warm time."""
         maxima = drawn.maxima.numpy().astype(np.float64)
         with np.errstate(invalid="ignore"):  # -inf - -inf: a row or block with nothing allowed
             weight = np.exp2((maxima - maxima.max(1, keepdims=True)) * self.scale)
-        weight[~(weight > 0)] = 0.0  # NaN (such a block, or a NaN logit) contributes nothing
-        sums = drawn.sums.numpy() * np.repeat(weight, COLUMNS // GROUP, axis=1)[:, :drawn.sums.shape[1]]
-        sums[~np.isfinite(sums)] = 0.0  # inf * 0 and NaN in a block whose weight is 0
-        cum = sums.cumsum(1)
+        sums = drawn.sums.numpy()
+        scaled = sums * np.repeat(weight, COLUMNS // GROUP, axis=1)[:, :sums.shape[1]]  # by each block's weight
+        if not np.isfinite(scaled.sum()):  # a NaN (nothing allowed in a block or row, or a NaN logit)
+            weight[~(weight > 0)] = 0.0  # such a block contributes nothing
+            scaled = sums * np.repeat(weight, COLUMNS // GROUP, axis=1)[:, :sums.shape[1]]
+            scaled[~np.isfinite(scaled)] = 0.0  # inf * 0 and NaN in a block whose weight is 0
+        cum = scaled.cumsum(1)
         total = cum[:, -1]
-        ok = total > 0
         target = u * total
         group = np.minimum((cum <= target[:, None]).sum(1), cum.shape[1] - 1)  # searchsorted, side right
-        rows = np.arange(len(u))
-        before = np.where(group > 0, cum[rows, group - 1], 0.0)
-        inner = np.zeros((len(u), GROUP))  # the chosen group of each row, zero past a partial last group
+        inner = np.zeros((len(u), GROUP + 1))  # [what comes before the chosen group, its 256 probabilities]
+        probs = [p.numpy() for p in drawn.probs]
         width = probs[0].shape[1]  # every piece but the last
-        for row, column in enumerate((group * GROUP).tolist()):
-            piece, start = divmod(column, width)
+        for row, g in enumerate(group.tolist()):
+            piece, start = divmod(g * GROUP, width)
             values = probs[piece][row, start:start + GROUP]
-            inner[row, :len(values)] = values
-        inner = inner.cumsum(1) * weight[rows, group * GROUP // COLUMNS][:, None]
+            inner[row, 1:len(values) + 1] = values
+            inner[row, 0] = cum[row, g - 1] if g else 0.0
+        rows = np.arange(len(u))
+        inner[:, 1:] = inner[:, 1:].cumsum(1) * weight[rows, group * GROUP // COLUMNS][:, None]
         # float64 sums of float32 terms may round a hair past the group's total: stay inside the group
-        rest = np.minimum(target - before, np.nextafter(inner[:, -1], 0.0))
+        rest = np.minimum(target - inner[:, 0], np.nextafter(inner[:, -1], 0.0))
         vocab = sum(p.shape[1] for p in probs)
-        picked = np.minimum(group * GROUP + (inner <= rest[:, None]).sum(1), vocab - 1)
-        for row in np.flatnonzero(~ok).tolist():
-            picked[row] = int(torch.nan_to_num(torch.cat([p[row] for p in drawn.probs])).argmax())
+        picked = np.minimum(group * GROUP + (inner[:, 1:] <= rest[:, None]).sum(1), vocab - 1)
+        ok = total > 0
+        if not ok.all():
+            for row in np.flatnonzero(~ok).tolist():
+                picked[row] = int(torch.nan_to_num(torch.cat([p[row] for p in drawn.probs])).argmax())
         return picked, ok

@@ -117,6 +117,7 @@ class Sampler:
         self._counts: torch.Tensor | None = None  # [capacity, V] generated-token counts (penalties only)
         self._seen: torch.Tensor | None = None
         self._in_prompt: torch.Tensor | None = None  # [capacity, V] prompt tokens (repetition penalty only)
+        self._plain: tuple[tuple, PlainDraw] | None = None  # the last plain_draw, by what defines it
 
     def start(self, params: SamplingParams, prompt_ids, row: int) -> SamplerState:
         """A request takes `row` (an engine slot, < capacity) until its next start()."""
@@ -194,8 +195,12 @@ class Sampler:
         if any(s.greedy or s.truncated or s.counts or s.bias or s.processors or s.params.logprobs
                or s.params.top_logprobs for s in states):
             return None
-        return PlainDraw([s.params.temperature for s in states],
-                         [s.bans for s in states])
+        # A draw is defined by its rows' temperatures and bans, which stay the same from step to step of
+        # one batch: built again only when they change (its small tensors cost ~0.2 ms on a cold cache).
+        key = tuple((s.params.temperature, *s.bans) for s in states)
+        if self._plain is None or self._plain[0] != key:
+            self._plain = key, PlainDraw([s.params.temperature for s in states], [s.bans for s in states])
+        return self._plain[1]
 
     def sample_blocks(self, draw: PlainDraw, parts: list, states: list[SamplerState]) -> list[tuple[int, None, None]]:
         """sample() for a plain_draw step, from its blocks' results in column order: the same tokens."""

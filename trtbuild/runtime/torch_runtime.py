@@ -120,8 +120,20 @@ class TorchModel:
     def _attention(self, attn, h, layer, cos, sin, cache, slots, positions, mask, upto, run):
         q, k, v = attn.qkv(h, cos, sin)
         keys, values = cache.update(layer, slots, positions, k, v, upto, run)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
-        return attn.output(out)
+        return attn.output(attend(q, keys, values, mask))
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of q [B, heads, n, d] over keys and values [B, kv_heads, L, d] where the boolean mask [B, 1,
+    n, L] allows (None: causal), query head h reading KV head h // (heads / kv_heads), as enable_gqa does."""
+    batch, heads, n, dim = q.shape
+    if n == 1 and mask is not None:
+        # A decode step: the query heads that share a KV head become rows of one attention over it, which
+        # torch's CPU kernel runs ~2x faster than enable_gqa at 8-32 rows (the same math; rounding aside).
+        groups = keys.shape[1]
+        return F.scaled_dot_product_attention(q.reshape(batch, groups, heads // groups, dim), keys, values,
+                                              attn_mask=mask).view(batch, heads, 1, dim)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
 
 
 @dataclass
