@@ -10,10 +10,10 @@ step <= 2x the batch-1 step.
 --paired ROUNDS reads each target as a ratio within ONE running batch: the engine's own decode step,
 driven from this thread, alternates the two sides (sampled and greedy sampler states of the same requests;
 or its first request alone and all 8) `--steps` steps at a time, order swapped every round. Each round
-gives a ratio of the sides' median steps; the verdict takes the median over rounds and its 95% bootstrap
-interval: met when the whole interval is at or under the target, missed when it is all above, else
-inconclusive. On a shared VM the rounds below drift by +-0.15 between greedy and sampled runs seconds
-apart; pairing step by step cancels that drift, and the interval says how sure the reading is.
+gives a ratio of the sides' median steps; the verdict takes the median over rounds and its distribution-free
+95% interval (order statistics): met when the whole interval is at or under the target, missed when it is
+all above, else inconclusive. On a shared VM the rounds below drift by +-0.15 between greedy and sampled
+runs seconds apart; pairing step by step cancels that drift, and the interval says how sure the reading is.
 
 Without --paired, a round submits `batch` requests at once (64-token prompts, `--tokens` output tokens
 each, ignore_eos) and takes the step time from the engine's own token stamps: the median gap between
@@ -128,9 +128,9 @@ def paired(engine, prompts, top: tuple[int, str], bottom: tuple[int, str], round
     swapped every round), so that the host's drift, which moved the separate rounds' ratios by +-0.15 on
     this VM, hits both sides of every round alike. A side is (batch, mode): the first `batch` requests of
     the batch, each with its own sampler state for that mode (the same prompts and KV cache). Per round:
-    the median step of each side, and their ratio; over rounds: the median ratio and its 95% percentile
-    bootstrap interval (trtbuild/bench/stats.py). A batch runs until its context is full, then a fresh
-    one is prefilled for the rounds left."""
+    the median step of each side, and their ratio; over rounds: the median ratio and its distribution-free
+    95% interval (trtbuild/bench/stats.py: median_interval). A batch runs until its context is full, then
+    a fresh one is prefilled for the rounds left."""
     import torch
 
     from trtbuild.bench import stats
@@ -161,7 +161,7 @@ def paired(engine, prompts, top: tuple[int, str], bottom: tuple[int, str], round
                     times[side] += took[side]
                 ratios.append(statistics.median(took[top]) / statistics.median(took[bottom]))
             release(engine, reqs)
-    interval = stats.bootstrap_interval(ratios, 50)
+    interval = stats.median_interval(ratios)
     return {"ratio": interval.mean, "low": interval.low, "high": interval.high, "rounds": rounds, "steps": steps,
             "ratios": ratios, "step_ms": {f"batch {b} {m}": statistics.median(times[(b, m)]) for b, m in times}}
 
@@ -169,6 +169,8 @@ def paired(engine, prompts, top: tuple[int, str], bottom: tuple[int, str], round
 def verdict(result: dict, target: float) -> str:
     """met when the whole interval is at or under the target, missed when it is all above: noise can flip
     neither; otherwise inconclusive (more rounds, or a quieter host)."""
+    if result["high"] is None:
+        return "too few rounds for an interval (6 at least)"
     if result["high"] <= target:
         return "met"
     return "missed" if result["low"] > target else "inconclusive"
@@ -188,8 +190,9 @@ def report_paired(engine, prompts, args) -> int:
           f"host probe {result['host_probe_ms']} ms")
     for name, pair in result["pairs"].items():
         steps = ", ".join(f"{side} {ms:.2f} ms" for side, ms in pair["step_ms"].items())
-        print(f"{name:28s} {pair['ratio']:.3f} [{pair['low']:.3f}, {pair['high']:.3f}]  target <= "
-              f"{pair['target']:.2f}: {pair['verdict']}  ({steps})")
+        interval = f"[{pair['low']:.3f}, {pair['high']:.3f}]" if pair["high"] is not None else "[no interval]"
+        print(f"{name:28s} {pair['ratio']:.3f} {interval}  target <= {pair['target']:.2f}: {pair['verdict']}  "
+              f"({steps})")
     return 0
 
 
@@ -217,6 +220,9 @@ def main(argv=None) -> int:
     with load_engine(ws.resolve_engine(args.engine)) as engine:
         prompts = prompts_for(engine.tokenizer, max(batches + [args.profile, 32]))
         step_ms(engine, prompts[:4], 8, "sampled", 0)  # warm-up
+        if (args.profile or args.paired) and not hasattr(engine, "_decode"):
+            raise SystemExit(f"--profile and --paired drive the torch engine's own decode step; "
+                             f"{type(engine).__name__} has none: run without them")
         if args.profile:
             for mode in modes:
                 print(f"== {mode}, batch {args.profile}")

@@ -89,7 +89,7 @@ class Interval:
     n: int = 0  # trials (or requests, for method "bootstrap")
     std: float | None = None  # sample standard deviation (ddof=1) of the per-trial values
     cv: float | None = None  # coefficient of variation: std / |mean|
-    method: str = "student-t"  # student-t | bootstrap | none
+    method: str = "student-t"  # student-t | bootstrap | order statistics | none
     confidence: float = CONFIDENCE
 
     @property
@@ -160,6 +160,23 @@ def bootstrap_interval(values, q: float, confidence: float = CONFIDENCE, seed: i
     low, high = np.percentile(reps, [tail, 100 - tail])
     return Interval(float(np.percentile(arr, q)), float(low), float(high), int(arr.size), None, None, "bootstrap",
                     confidence)
+
+
+def median_interval(values, confidence: float = CONFIDENCE) -> Interval:
+    """Distribution-free interval of the median of independent values: the order statistics [x_(k),
+    x_(n+1-k)], k the largest with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2, which cover the true
+    median with at least that confidence whatever the distribution. Fewer than 6 values have none (5
+    values: even [min, max] misses the median 2 x 2^-5 = 6.25% of the time)."""
+    arr = np.sort(np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float))
+    n = int(arr.size)
+    middle = float(np.median(arr)) if n else None
+    below, k = 0.0, 0  # below = P(Binomial(n, 1/2) < k)
+    while n and below + math.comb(n, k) / 2 ** n <= (1 - confidence) / 2:
+        below += math.comb(n, k) / 2 ** n
+        k += 1
+    if k == 0:
+        return Interval(middle, n=n, method="none", confidence=confidence)
+    return Interval(middle, float(arr[k - 1]), float(arr[n - k]), n, None, None, "order statistics", confidence)
 
 
 @dataclass
