@@ -283,8 +283,16 @@ def test_echo_streamed_equals_echo_not_streamed(server, client):
                 assert got["tokens"] == []
                 continue
             assert got["token_logprobs"][0] is None and got["top_logprobs"][0] is None
-            for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            for key in ("tokens", "text_offset"):
                 assert got[key] == getattr(c.logprobs, key), (kw, key)
+            # The two requests' prompts may be prefilled apart or together (one row, or two padded rows),
+            # whose float32 kernels round differently: -0.4202211797 alone, -0.4202216566 beside
+            # "Paris is" (the torch engine, this checkpoint). 1e-5 is 20x that, and far under any real change.
+            assert got["token_logprobs"][1:] == pytest.approx(c.logprobs.token_logprobs[1:], abs=1e-5), kw
+            assert [None if t is None else list(t) for t in got["top_logprobs"]] == \
+                   [None if t is None else list(t) for t in c.logprobs.top_logprobs], kw
+            for mine, theirs in zip(got["top_logprobs"][1:], c.logprobs.top_logprobs[1:]):
+                assert mine == pytest.approx(theirs, abs=1e-5), kw
     # max_tokens 0: only the prompt (with its logprobs), finish_reason "length", no completion tokens
     only = dict(model=server.model, prompt=ids, echo=True, logprobs=1, max_tokens=0)
     whole = client.completions.create(**only)
