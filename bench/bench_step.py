@@ -218,11 +218,12 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batch.split(",")]
     modes = args.modes.split(",")
     with load_engine(ws.resolve_engine(args.engine)) as engine:
-        prompts = prompts_for(engine.tokenizer, max(batches + [args.profile, 32]))
+        if not hasattr(engine, "_decode"):
+            raise SystemExit(f"bench_step times the torch engine's own decode step; {type(engine).__name__} has "
+                             f"none: use `trtbuild bench` for this engine")
+        paired_rows = [max(top[0], bottom[0]) for _, top, bottom, _ in PAIRS] if args.paired else []
+        prompts = prompts_for(engine.tokenizer, max(batches + [args.profile] + paired_rows))
         step_ms(engine, prompts[:4], 8, "sampled", 0)  # warm-up
-        if (args.profile or args.paired) and not hasattr(engine, "_decode"):
-            raise SystemExit(f"--profile and --paired drive the torch engine's own decode step; "
-                             f"{type(engine).__name__} has none: run without them")
         if args.profile:
             for mode in modes:
                 print(f"== {mode}, batch {args.profile}")

@@ -198,6 +198,7 @@ def test_a_plain_draw_is_built_again_only_when_its_rows_change():
     """The step's PlainDraw is kept while its rows' temperatures and bans stay the same, and rebuilt when
     they change: the bans lift once min_tokens are out, another temperature scales differently."""
     from trtbuild.runtime import SamplingParams
+    from trtbuild.runtime.draw import LOG2_E
     from trtbuild.runtime.sampling import Sampler
 
     def allowed(draw, token):  # the probability the draw gives `token` in every row, from flat logits
@@ -216,7 +217,7 @@ def test_a_plain_draw_is_built_again_only_when_its_rows_change():
     assert lifted is not first and allowed(lifted, 2) == allowed(lifted, 7) == [1.0] * 3
     states[1] = sampler.start(SamplingParams(max_tokens=50, seed=1, temperature=1.5), [1, 2], row=1)
     hotter = sampler.plain_draw(states)
-    assert hotter is not lifted and hotter.scale[1, 0] == pytest.approx(1.4426950408889634 / 1.5)
+    assert hotter is not lifted and hotter.scale[1, 0] == pytest.approx(LOG2_E / 1.5)
 
 
 def test_the_engine_draws_plain_steps_inside_its_lm_head(engine_dirs, monkeypatch):

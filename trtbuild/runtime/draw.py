@@ -109,10 +109,8 @@ class PlainDraw:
             weight = np.exp2((maxima - maxima.max(1, keepdims=True)) * self.scale)
         sums = drawn.sums.numpy()
         scaled = sums * np.repeat(weight, COLUMNS // GROUP, axis=1)[:, :sums.shape[1]]  # by each block's weight
-        if not np.isfinite(scaled.sum()):  # a NaN (nothing allowed in a block or row, or a NaN logit)
-            weight[~(weight > 0)] = 0.0  # such a block contributes nothing
-            scaled = sums * np.repeat(weight, COLUMNS // GROUP, axis=1)[:, :sums.shape[1]]
-            scaled[~np.isfinite(scaled)] = 0.0  # inf * 0 and NaN in a block whose weight is 0
+        if not np.isfinite(scaled.sum()):  # a NaN: nothing allowed in a block or a row, or a NaN logit
+            scaled[~np.isfinite(scaled)] = 0.0  # such groups contribute nothing (a row of them falls back)
         cum = scaled.cumsum(1)
         total = cum[:, -1]
         target = u * total
@@ -124,7 +122,8 @@ class PlainDraw:
             piece, start = divmod(g * GROUP, width)
             values = probs[piece][row, start:start + GROUP]
             inner[row, 1:len(values) + 1] = values
-            inner[row, 0] = cum[row, g - 1] if g else 0.0
+            if g:
+                inner[row, 0] = cum[row, g - 1]
         rows = np.arange(len(u))
         inner[:, 1:] = inner[:, 1:].cumsum(1) * weight[rows, group * GROUP // COLUMNS][:, None]
         # float64 sums of float32 terms may round a hair past the group's total: stay inside the group

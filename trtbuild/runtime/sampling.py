@@ -117,7 +117,7 @@ class Sampler:
         self._counts: torch.Tensor | None = None  # [capacity, V] generated-token counts (penalties only)
         self._seen: torch.Tensor | None = None
         self._in_prompt: torch.Tensor | None = None  # [capacity, V] prompt tokens (repetition penalty only)
-        self._plain: tuple[tuple, PlainDraw] | None = None  # the last plain_draw, by what defines it
+        self._plain: tuple[tuple, PlainDraw] | None = None  # the last draw, by what defines it (_draw)
 
     def start(self, params: SamplingParams, prompt_ids, row: int) -> SamplerState:
         """A request takes `row` (an engine slot, < capacity) until its next start()."""
@@ -195,11 +195,15 @@ class Sampler:
         if any(s.greedy or s.truncated or s.counts or s.bias or s.processors or s.params.logprobs
                or s.params.top_logprobs for s in states):
             return None
-        # A draw is defined by its rows' temperatures and bans, which stay the same from step to step of
-        # one batch: built again only when they change (its small tensors cost ~0.2 ms on a cold cache).
-        key = tuple((s.params.temperature, *s.bans) for s in states)
+        return self._draw([s.params.temperature for s in states], [s.bans for s in states])
+
+    def _draw(self, temperatures: list[float], bans: list[list[int]]) -> PlainDraw:
+        """The PlainDraw for these rows. A draw is defined by its rows' temperatures and bans, which stay
+        the same from step to step of one batch: it is built again only when they change (its small arrays
+        and tensors cost up to ~0.2 ms a step on the cold caches the layers leave)."""
+        key = tuple((t, *b) for t, b in zip(temperatures, bans))
         if self._plain is None or self._plain[0] != key:
-            self._plain = key, PlainDraw([s.params.temperature for s in states], [s.bans for s in states])
+            self._plain = key, PlainDraw(temperatures, bans)
         return self._plain[1]
 
     def sample_blocks(self, draw: PlainDraw, parts: list, states: list[SamplerState]) -> list[tuple[int, None, None]]:
@@ -266,7 +270,7 @@ class Sampler:
         """softmax(logits / T) over the whole vocabulary, one inverse-CDF draw per row, in the blocks of
         trtbuild.runtime.draw (the engine's LM head runs the same blocks when the whole step is plain)."""
         x = rows_of(logits, idx)  # the step's own logits: edited in place
-        draw = PlainDraw([states[i].params.temperature for i in idx])
+        draw = self._draw([states[i].params.temperature for i in idx], [[] for _ in idx])  # _edit banned
         tokens, _ = draw.tokens(draw.whole(x), self._uniforms([states[i] for i in idx]))
         return torch.from_numpy(tokens)
 
