@@ -193,3 +193,20 @@ def pytest_collection_modifyitems(config, items):
     model_free = sorted((f for f, needed in needs_model.items() if not needed), key=lambda f: rank.get(f, len(rank)))
     order = {f: i for i, f in enumerate([first, *model_free, *(f for f in model_files if f != first)])}
     items.sort(key=lambda item: order[item.path.name])  # stable: a file's tests keep their order
+
+
+@pytest.fixture(params=["c", "torch"])
+def kernels(request, monkeypatch) -> str:
+    """Both implementations of the torch runtime's CPU hot spots (the LM head's matmul, the plain draw): the
+    C kernels, built with this machine's compiler as the engine builds them, and the torch, oneDNN and numpy
+    ops used where none is."""
+    import trtbuild.runtime.draw as draw_module
+    import trtbuild.runtime.lm_head as lm_head_module
+    from trtbuild.runtime import native
+
+    if request.param == "torch":
+        for module in (draw_module, lm_head_module):
+            monkeypatch.setattr(module, "cpu_kernels", lambda: None)
+    else:
+        assert native.cpu_kernels() is not None, "the C kernels did not build: is a C compiler (cc, gcc) installed?"
+    return request.param

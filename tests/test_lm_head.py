@@ -101,14 +101,15 @@ def test_close_ends_the_helpers():
 
 
 @pytest.mark.parametrize("vocab", [32768, 10000])  # whole blocks, and a last block of 10000 % 4096 columns
-def test_the_split_lm_head_equals_the_linear_layer_and_the_same_blocks_on_one_thread(vocab):
+def test_the_split_lm_head_equals_the_linear_layer_and_the_same_blocks_on_one_thread(vocab, kernels):
     linear = torch.nn.Linear(64, vocab, bias=False)
     runner = SplitRunner(helpers=1, name="test-head")
     whole, blocks = LMHead(linear), LMHead(linear, SplitRunner(helpers=0))  # the same blocks, one thread
     split = LMHead(linear, runner)
     try:
-        assert len(whole.by_column) == 1 and whole.runner is None  # no runner: one kernel call
-        assert len(split.by_column) == -(-vocab // LMHead.BLOCK_COLUMNS) and split.runner is runner
+        assert (whole.panels is not None) is (kernels == "c")
+        assert whole.block_count == 1 and whole.runner is None  # no runner: one kernel call
+        assert split.block_count == -(-vocab // LMHead.BLOCK_COLUMNS) and split.runner is runner
         for shape in ((1, 64), (3, 64), (8, 64), (2, 5, 64)):
             x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[0]))
             with torch.inference_mode():
@@ -120,6 +121,25 @@ def test_the_split_lm_head_equals_the_linear_layer_and_the_same_blocks_on_one_th
             torch.testing.assert_close(got, unsplit, rtol=1e-4, atol=1e-4)  # another kernel's blocking: ~1e-6
             # the same kernel on the same blocks, whichever thread ran each: bit for bit
             assert torch.equal(got, one_thread)
+    finally:
+        runner.close()
+
+
+def test_with_the_c_kernel_a_rows_logits_do_not_depend_on_its_batch():
+    """lm_head_kernel.c sums each dot product in one order whatever its tile (1-2 rows x 8-4 panels, 3-4 x 2,
+    5-8 x 1, 8 rows at a time past 8): a row's logits are the same bits alone, in any batch, at any place
+    (oneDNN for several rows and MKL's GEMV for one round differently)."""
+    linear = torch.nn.Linear(64, 10000, bias=False)
+    runner = SplitRunner(helpers=1, name="test-invariant")
+    try:
+        for head in (LMHead(linear), LMHead(linear, runner)):
+            assert head.panels is not None, "the C kernels did not build: is a C compiler (cc, gcc) installed?"
+            x = torch.randn(13, 64, generator=torch.Generator().manual_seed(5))
+            with torch.inference_mode():
+                alone = torch.cat([head(x[i:i + 1]) for i in range(len(x))])
+                for rows in range(2, 14):
+                    assert torch.equal(head(x[:rows]), alone[:rows]), rows
+                    assert torch.equal(head(x[13 - rows:]), alone[13 - rows:]), rows
     finally:
         runner.close()
 
@@ -149,7 +169,7 @@ def plain_states(sampler, rows: int, **params):
 
 @pytest.mark.parametrize("vocab", [32768, 10000])
 @pytest.mark.parametrize("rows", [1, 8, 32])  # the GEMV block, and oneDNN's packed blocks
-def test_the_draw_inside_the_lm_head_blocks_equals_the_sampler_on_whole_logits(vocab, rows):
+def test_the_draw_inside_the_lm_head_blocks_equals_the_sampler_on_whole_logits(vocab, rows, kernels):
     """The engine's fused step (each block's draw work run by the thread that computed the block) draws
     the tokens sample() draws from the same head's whole logits, step after step: same blocks, same math.
     min_tokens bans EOS and a stop id in the second block for the first 2 steps."""

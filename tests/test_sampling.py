@@ -73,7 +73,7 @@ SEEDED = [dict(temperature=0.9, seed=7), dict(temperature=0.9, top_p=0.9, seed=8
           dict(temperature=1.0, seed=10, frequency_penalty=0.8, repetition_penalty=1.3, logit_bias={3: 2.0})]
 
 
-def test_a_seeded_row_ignores_its_batch_order_and_size():
+def test_a_seeded_row_ignores_its_batch_order_and_size(kernels):
     """Each kind of seeded row gives the same tokens alone and in batches of other sizes, orders and mixes,
     while every other row sees different logits (row logits depend on the row's request, not its place)."""
     def logits_for(key: int, step: int) -> torch.Tensor:
@@ -153,7 +153,7 @@ def test_sampled_tokens_follow_softmax_after_top_k_and_top_p():
         assert stat < bound, (params, stat, bound)
 
 
-def test_large_vocabularies_use_the_blocked_draw_and_the_full_sort():
+def test_large_vocabularies_use_the_blocked_draw_and_the_full_sort(kernels):
     # 1000 tokens: 3 whole blocks of 256 and a partial one; 1024: whole blocks only (the reshaped path);
     # flat rows so every block gets draws.
     for vocab, seed in ((1000, 6), (1024, 8)):
@@ -174,7 +174,7 @@ def test_large_vocabularies_use_the_blocked_draw_and_the_full_sort():
     assert inside < 900  # draws reach past the first 1024 candidates (about 1024/2050 of them stay inside)
 
 
-def test_the_blocked_draw_equals_a_plain_inverse_cdf():
+def test_the_blocked_draw_equals_a_plain_inverse_cdf(kernels):
     """PlainDraw (a max and group sums per block of columns, rescaled across blocks; then one group) picks
     the token a plain float64 inverse-CDF search of softmax(x / T) picks: whole blocks and groups, a
     partial last block and group (vocabulary 10,000 = 2 x 4,096 + 7 x 256 + 16), a block far below the
@@ -199,7 +199,7 @@ def test_the_blocked_draw_equals_a_plain_inverse_cdf():
         assert probs[1, 3] == probs[3, 0] == probs[3, 1] == probs[3, vocab - 1] == 0  # banned: never drawn
 
 
-def test_the_draw_over_whole_logits_computes_what_its_blocks_compute():
+def test_the_draw_over_whole_logits_computes_what_its_blocks_compute(kernels):
     """PlainDraw.whole (few ops over [B, V], the sampler's path) and join(block() per block) (the LM head's
     fused path) give the same maxima, group sums and probabilities bit for bit, bans included: a seeded
     request draws the same token whichever path its step took."""
@@ -215,7 +215,7 @@ def test_the_draw_over_whole_logits_computes_what_its_blocks_compute():
         assert draw.tokens(whole, u)[0].tolist() == draw.tokens(blocks, u)[0].tolist()
 
 
-def test_the_blocked_draw_falls_back_to_the_best_token_without_a_distribution():
+def test_the_blocked_draw_falls_back_to_the_best_token_without_a_distribution(kernels):
     x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(4))
     x[0, 17] = float("nan")
     x[1] = float("-inf")  # nothing allowed
@@ -316,7 +316,7 @@ def test_logprobs_are_the_models_raw_distribution():
     assert no_logprob is None and no_top is None
 
 
-def test_tiny_temperatures_and_fully_banned_rows_fall_back_to_argmax():
+def test_tiny_temperatures_and_fully_banned_rows_fall_back_to_argmax(kernels):
     huge = FLAT * 1e30  # / a tiny temperature overflows float32 unless the sampler shifts by the max first
     for params in (dict(temperature=1e-9), dict(temperature=1e-9, top_k=5), dict(temperature=1e-9, top_p=0.5)):
         assert one(3, huge, seed=0, **params) == [int(FLAT.argmax())] * 3, params

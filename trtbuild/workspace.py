@@ -8,6 +8,7 @@ Layout under the root (`--workspace`, $TRTBUILD_WORKSPACE, default ~/.cache/trtb
     engines/<variant>-<key>/  engine directories: manifest.json, the engine, validation.json, bench/
     reports/<id>/             generated reports
     exports/                  engine archives (`trtbuild export`) and their .sha256 files
+    kernels/                  the torch runtime's C kernel, compiled for this machine (runtime/native.py)
     tmp/                      work in progress; renamed into place only when complete
 
 Every finished artifact appears by a rename from tmp/, so an interrupted build leaves nothing that
@@ -65,6 +66,11 @@ class Workspace:
     @property
     def exports_dir(self) -> Path:
         return self.root / "exports"
+
+    @property
+    def kernels_dir(self) -> Path:
+        """Compiled C kernels (trtbuild.runtime.native): per machine, not per model."""
+        return self.root / "kernels"
 
     @property
     def tmp_dir(self) -> Path:

@@ -14,19 +14,28 @@ time), and the sum of every GROUP columns. Across blocks the sums are rescaled b
 rounding. The draw is an inverse CDF in two levels: the group sums in float64, then inside one group; no
 sort. Every plain draw goes through these blocks (the LM head's, or the sampler's own on logits it got
 whole), so a seeded request draws the same token from the same logits whichever path ran.
+
+The per-block pass (max, exp2, group sums) is one call of a C kernel (draw_kernel.c, built by
+trtbuild.runtime.native) on CPU float32 logits where it could be built; otherwise, and on other devices,
+torch ops compute the same quantities (rounded differently: a machine's paths agree bit for bit, two
+machines may not).
 """
 
 from __future__ import annotations
 
+import ctypes
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from trtbuild.runtime.native import cpu_kernels
+
 COLUMNS = 4096  # a block: the LM head's unit of work (512 KB of float32 at 32 rows: it stays in L2)
 GROUP = 256  # the draw's first level: sums of 256 columns
 LOG2_E = 1.4426950408889634  # log2(e): exp(y) = 2 ** (y * LOG2_E)
 NEG_INF = torch.tensor(float("-inf"))
+assert COLUMNS % GROUP == 0  # a block is whole groups: draw_kernel.c numbers groups across blocks
 
 
 class Drawn(NamedTuple):
@@ -44,6 +53,7 @@ class PlainDraw:
 
     def __init__(self, temperatures: list[float], bans: list[list[int]] | None = None):
         self.scale = LOG2_E / np.array(temperatures, dtype=np.float64)[:, None]
+        self._scale64 = torch.from_numpy(self.scale[:, 0].copy())  # for the C draw_tokens
         self._scale32 = torch.from_numpy(self.scale.astype(np.float32))
         # block -> (rows, columns in the block). Built in plain Python: a step bans a few ids a row (EOS and
         # the stop ids), and a dozen small torch ops here cost ~0.2 ms a step on the engine thread.
@@ -55,6 +65,21 @@ class PlainDraw:
                 rows.append(row)
                 columns.append(column)
         self._bans = {block: (torch.tensor(rows), torch.tensor(columns)) for block, (rows, columns) in by_block.items()}
+        self._kernels = cpu_kernels()  # C (trtbuild.runtime.native), or None: torch and numpy
+
+    def _native(self, x: torch.Tensor) -> bool:
+        return (self._kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32
+                and x.stride(-1) == 1)
+
+    def _fused(self, x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The C kernel over x [B, w] (rows may be strided) in blocks of `block` columns: x becomes the
+        probabilities -> (each block's max [B, blocks], group sums [B, ceil(w / GROUP)])."""
+        rows, width = x.shape
+        top = torch.empty(rows, -(-width // block))
+        sums = torch.empty(rows, -(-width // GROUP))
+        self._kernels.draw_blocks(x.data_ptr(), rows, width, x.stride(0), block, GROUP,
+                                  self._scale32.data_ptr(), top.data_ptr(), sums.data_ptr())
+        return top, sums
 
     def block(self, x: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, w]: the logits of columns first .. first + w (first a multiple of COLUMNS), edited in place
@@ -65,6 +90,8 @@ class PlainDraw:
         return self._unbanned_block(x)
 
     def _unbanned_block(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._native(x):
+            return x, *self._fused(x, x.shape[1])
         top = x.amax(-1, keepdim=True)
         x.sub_(top).mul_(self._scale32).exp2_()
         rows, width = x.shape
@@ -81,6 +108,8 @@ class PlainDraw:
             x = x.contiguous()
         for block, (rows, columns) in self._bans.items():
             x.index_put_((rows, columns + block * COLUMNS), NEG_INF)
+        if self._native(x):
+            return Drawn([x], *self._fused(x, COLUMNS))
         batch, vocab = x.shape
         count = vocab // COLUMNS
         if not count:
@@ -104,6 +133,8 @@ class PlainDraw:
         """-> (each row's token, whether its row had a usable distribution: rows that did not (NaN, or
         nothing allowed) take the most likely token instead). Few numpy calls: this runs after the LM head,
         when the engine thread's caches are cold and each call costs several times its warm time."""
+        if self._native(drawn.probs[0]) and all(p.stride(1) == 1 for p in drawn.probs):
+            return self._tokens_native(drawn, u)  # maxima and sums: contiguous, from join() or whole()
         maxima = drawn.maxima.numpy().astype(np.float64)
         with np.errstate(invalid="ignore"):  # -inf - -inf: a row or block with nothing allowed
             weight = np.exp2((maxima - maxima.max(1, keepdims=True)) * self.scale)
@@ -135,3 +166,17 @@ class PlainDraw:
             for row in np.flatnonzero(~ok).tolist():
                 picked[row] = int(torch.nan_to_num(torch.cat([p[row] for p in drawn.probs])).argmax())
         return picked, ok
+
+    def _tokens_native(self, drawn: Drawn, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """tokens() as one C call (draw_kernel.c: draw_tokens, the same float64 steps). Pointers from torch
+        (data_ptr); numpy's .ctypes costs ~7 us an array."""
+        rows, blocks = drawn.maxima.shape
+        probs = drawn.probs
+        picked, ok = torch.empty(rows, dtype=torch.int64), torch.empty(rows, dtype=torch.bool)
+        u = torch.as_tensor(u, dtype=torch.float64).contiguous()  # held here: C reads it by address
+        self._kernels.draw_tokens(
+            rows, blocks, COLUMNS, drawn.sums.shape[1], GROUP, sum(p.shape[1] for p in probs),
+            drawn.maxima.data_ptr(), drawn.sums.data_ptr(), (ctypes.c_void_p * len(probs))(*[p.data_ptr() for p in probs]),
+            (ctypes.c_int64 * len(probs))(*[p.stride(0) for p in probs]), len(probs), probs[0].shape[1],
+            self._scale64.data_ptr(), u.data_ptr(), picked.data_ptr(), ok.data_ptr())
+        return picked.numpy(), ok.numpy()
