@@ -151,8 +151,9 @@ def test_a_failing_build_leaves_nothing_behind(kernels_dir, monkeypatch, tmp_pat
     assert native.cpu_kernels() is None
 
 
-def test_turned_off_it_builds_nothing(kernels_dir, monkeypatch):
-    monkeypatch.setenv("TRTBUILD_NATIVE", "0")
+@pytest.mark.parametrize("value", ["0", "off", " False "])
+def test_turned_off_it_builds_nothing(kernels_dir, monkeypatch, value):
+    monkeypatch.setenv("TRTBUILD_NATIVE", value)
     assert native.cpu_kernels() is None and not kernels_dir.exists()
 
 

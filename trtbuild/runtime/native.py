@@ -38,6 +38,7 @@ log = logging.getLogger("trtbuild.runtime")
 
 
 def compile_flags() -> list[str]:
+    """gcc/clang flags: never -march=native, whose code a workspace shared with another CPU could not run."""
     flags = ["-O3", "-std=gnu11", "-shared", "-fPIC"]
     if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
         flags += ["-mavx2", "-mfma"]
@@ -62,7 +63,7 @@ def compiler() -> str | None:
 def cpu_kernels() -> ctypes.CDLL | None:
     """The library, its functions' argument types set (pointers as ints), or None (see the module's
     docstring)."""
-    if os.environ.get("TRTBUILD_NATIVE", "1").strip() == "0":
+    if os.environ.get("TRTBUILD_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     path = None
     try:
@@ -96,7 +97,8 @@ def build(directory: Path | None = None) -> Path:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuntimeError(f"{cc} --version failed: {exc}") from exc
-    key = hashlib.sha256("\0".join([*(s.read_text() for s in SOURCES), cc, version, *flags]).encode()).hexdigest()[:16]
+    named = [*(source.read_text() for source in SOURCES), cc, version, platform.machine(), *flags]
+    key = hashlib.sha256("\0".join(named).encode()).hexdigest()[:16]  # gcc --version does not name the CPU
     directory = Path(directory) if directory else Workspace().kernels_dir
     target = directory / f"cpu_kernels-{key}.so"
     if target.is_file():
