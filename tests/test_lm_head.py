@@ -127,7 +127,8 @@ def test_the_split_lm_head_equals_the_linear_layer_and_the_same_blocks_on_one_th
 
 def test_with_the_c_kernel_a_rows_logits_do_not_depend_on_its_batch():
     """lm_head_kernel.c sums each dot product in one order whatever its tile (1-2 rows x 8-4 panels, 3-4 x 2,
-    5-8 x 1, 8 rows at a time past 8): a row's logits are the same bits alone, in any batch, at any place
+    5-8 x 1, 8 rows at a time past 8, in blocks of 128 rows): a row's logits are the same bits alone, in any
+    batch, at any place
     (oneDNN for several rows and MKL's GEMV for one round differently)."""
     linear = torch.nn.Linear(64, 10000, bias=False)
     runner = SplitRunner(helpers=1, name="test-invariant")
@@ -140,6 +141,10 @@ def test_with_the_c_kernel_a_rows_logits_do_not_depend_on_its_batch():
                 for rows in range(2, 14):
                     assert torch.equal(head(x[:rows]), alone[:rows]), rows
                     assert torch.equal(head(x[13 - rows:]), alone[13 - rows:]), rows
+                many = torch.randn(300, 64, generator=torch.Generator().manual_seed(6))  # past a 128-row block
+                logits = head(many)
+                for i in (0, 127, 128, 255, 256, 299):
+                    assert torch.equal(logits[i:i + 1], head(many[i:i + 1])), i
     finally:
         runner.close()
 

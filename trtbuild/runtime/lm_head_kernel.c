@@ -52,11 +52,13 @@ static inline __attribute__((always_inline)) void tile(const float *x, int64_t k
     for (; p < panels; p++)                                                                           \
         tile(x, k_dim, packed + p * k_dim * 8, out + p * 8, out_stride, R, 1);
 
+#define ROW_BLOCK 128 /* 128 rows of x (128 KB at H 256) stay in L2 while every panel passes them */
 #define ONE_PANEL(R) tile(x + r * k_dim, k_dim, packed + p * k_dim * 8, out + r * out_stride + p * 8, out_stride, R, 1)
 
 /* x [rows, k_dim] contiguous; packed [width / 8][k_dim][8]; out [rows, width] with row stride out_stride.
- * width is a multiple of 8. Past 8 rows, each panel serves every 8 rows in turn while it is in L1, so the
- * weight still streams from memory once. */
+ * width is a multiple of 8. Past 8 rows, each panel serves every 8 rows of a ROW_BLOCK in turn while it is
+ * in L1: the weight streams from memory once per ROW_BLOCK rows (a prompt scored at 512 positions: 4 times;
+ * without row blocks x falls out of L2 and 512 rows ran 11% slower than oneDNN, with them level). */
 void lm_head_block(const float *x, int64_t rows, int64_t k_dim, const float *packed, int64_t width, float *out,
                    int64_t out_stride)
 {
@@ -71,9 +73,10 @@ void lm_head_block(const float *x, int64_t rows, int64_t k_dim, const float *pac
     case 7: TILES(7, 1) return;
     case 8: TILES(8, 1) return;
     }
-    for (; p < panels; p++)
-        for (int64_t r = 0; r < rows; r += 8)
-            switch (rows - r < 8 ? rows - r : 8) {
+    for (int64_t first = 0; first < rows; first += ROW_BLOCK) /* x's rows in L2, a panel in L1 */
+        for (p = 0; p < panels; p++)
+            for (int64_t r = first, end = first + ROW_BLOCK < rows ? first + ROW_BLOCK : rows; r < end; r += 8)
+                switch (end - r < 8 ? end - r : 8) {
             case 1: ONE_PANEL(1); break;
             case 2: ONE_PANEL(2); break;
             case 3: ONE_PANEL(3); break;
