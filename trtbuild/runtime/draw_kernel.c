@@ -144,7 +144,7 @@ void draw_tokens(int64_t rows, int64_t blocks, int64_t block, int64_t groups, in
                  int64_t pieces, int64_t width, const double *scale, const double *u, int64_t *picked,
                  uint8_t *ok)
 {
-    double weight[blocks];
+    double weight[blocks], cum[groups], inner[group];
     for (int64_t r = 0; r < rows; r++) {
         const float *row_max = maxima + r * blocks, *row_sums = sums + r * groups;
         double m = row_max[0];
@@ -155,7 +155,7 @@ void draw_tokens(int64_t rows, int64_t blocks, int64_t block, int64_t groups, in
         double total = 0.0;
         for (int64_t g = 0; g < groups; g++) {
             double scaled = row_sums[g] * weight[g * group / block];
-            total += __builtin_isfinite(scaled) ? scaled : 0.0; /* such groups contribute nothing */
+            cum[g] = total += __builtin_isfinite(scaled) ? scaled : 0.0; /* such groups contribute nothing */
         }
         ok[r] = total > 0;
         if (!ok[r]) {
@@ -174,29 +174,21 @@ void draw_tokens(int64_t rows, int64_t blocks, int64_t block, int64_t groups, in
             picked[r] = at;
             continue;
         }
-        double target = u[r] * total, before = 0.0;
+        double target = u[r] * total;
         int64_t g = 0;
-        for (; g < groups - 1; g++) {
-            double scaled = row_sums[g] * weight[g * group / block];
-            double next = before + (__builtin_isfinite(scaled) ? scaled : 0.0);
-            if (next > target)
-                break;
-            before = next;
-        }
-        int64_t first = g * group, count = vocab - first < group ? vocab - first : group;
+        while (g < groups - 1 && cum[g] <= target) /* the first group past the target */
+            g++;
+        int64_t first = g * group, count = vocab - first < group ? vocab - first : group, j = 0;
         const float *p = probs[first / width] + r * strides[first / width] + first % width;
-        double w = weight[first / block], inner = 0.0, in_group = 0.0;
-        for (int64_t j = 0; j < count; j++)
-            in_group += p[j];
+        double w = weight[first / block];
+        inner[0] = p[0];
+        for (j = 1; j < count; j++)
+            inner[j] = inner[j - 1] + p[j];
         /* float64 sums of float32 terms may round a hair past the group's total: stay inside the group */
-        double rest = target - before, last = __builtin_nextafter(in_group * w, 0.0);
+        double rest = target - (g ? cum[g - 1] : 0.0), last = __builtin_nextafter(inner[count - 1] * w, 0.0);
         rest = rest < last ? rest : last;
-        int64_t j = 0;
-        for (; j < count; j++) {
-            inner += p[j];
-            if (inner * w > rest)
-                break;
-        }
-        picked[r] = first + (j < count ? j : count - 1);
+        for (j = 0; j < count - 1 && inner[j] * w <= rest; j++)
+            ;
+        picked[r] = first + j;
     }
 }

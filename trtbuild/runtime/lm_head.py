@@ -46,10 +46,11 @@ class LMHead:
         self.linear = linear
         weight = linear.weight.detach()
         self.by_column = self.packed = self.panels = self.runner = None
+        # built here, at engine load, if not yet (~0.2 s), not inside the first step (the draw uses them too)
+        self.kernels = cpu_kernels() if weight.device.type == "cpu" else None
         if weight.device.type == "cpu" and weight.dtype == torch.float32 and linear.bias is None:
             # one block without a runner: a single kernel call, no concatenation
             blocks = weight.split(self.BLOCK_COLUMNS if runner else weight.shape[0])
-            self.kernels = cpu_kernels()
             if self.kernels is not None and all(len(block) % 8 == 0 for block in blocks):
                 # [V_block, H] -> [V_block / 8, H, 8]: panel p holds columns 8p .. 8p + 7, k-major
                 self.panels = [block.reshape(-1, 8, block.shape[1]).transpose(1, 2).contiguous() for block in blocks]

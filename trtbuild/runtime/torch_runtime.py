@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from trtbuild.errors import TrtbuildError
 from trtbuild.manifest import Manifest, verify_engine
 from trtbuild.runtime.lm_head import LMHead
-from trtbuild.runtime.native import cpu_kernels
 from trtbuild.runtime.split import SplitRunner
 from trtbuild.runtime.interface import (ContextLengthExceeded, Engine, EngineError, EngineInfo, RequestStream,
                                         SamplingParams, batched_wakeups)
@@ -178,8 +177,6 @@ class TorchEngine(Engine):
         self.model = TorchModel(model_dir, self.device, self._runner)
         self.tokenizer = Tokenizer.from_model_dir(model_dir)
         self.tokenizer.piece_texts  # built now (0.1 s), not inside the first request's first token
-        if cpu:
-            cpu_kernels()  # compiled now if it is not yet (~0.2 s), not inside the first sampled step
         build = manifest.build
         self.max_batch_size = int(build["max_batch_size"])
         self.max_num_tokens = int(build.get("max_num_tokens") or 0) or None
