@@ -238,6 +238,40 @@ def test_continuous_usage_stats_tell_the_tokens_of_every_chunk(server, client):
         assert counts[-2] == 9  # the last content chunk already counts every token
 
 
+def test_streams_end_on_a_kept_alive_connection_that_serves_the_next_request(server):
+    """The end of a streamed body (last chunk, usage, [DONE], the chunked terminator) is written from the
+    engine's wake-up and completes the response there (trtbuild.server.limits.BodyWriter.end): every
+    streamed response on one kept-alive connection ends once, in full, and the same connection then
+    serves the next request, streamed or not."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    host = urlsplit(server.url)
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    sockets = set()
+    for max_tokens in (1, 5, 9):
+        body = {"model": server.model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                "ignore_eos": True, "stream_options": {"include_usage": True}}
+        conn.request("POST", "/v1/completions", json.dumps(body), headers)
+        sockets.add(conn.sock.getsockname())
+        reply = conn.getresponse()
+        assert reply.status == 200 and reply.getheader("transfer-encoding") == "chunked"
+        text = reply.read().decode()  # http.client reads to the chunked terminator, or fails
+        events = [line[6:] for line in text.split("\n\n") if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+        usage = json.loads(events[-2])["usage"]
+        assert usage["completion_tokens"] == max_tokens
+        assert [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-2]][-1] == "length"
+    conn.request("POST", "/v1/completions", json.dumps({"model": server.model, "prompt": PROMPT, "max_tokens": 3}),
+                 headers)
+    sockets.add(conn.sock.getsockname())
+    reply = conn.getresponse()
+    assert reply.status == 200 and json.loads(reply.read())["usage"]["completion_tokens"] == 3
+    assert len(sockets) == 1  # one connection throughout: every response left it ready for the next
+    conn.close()
+
+
 def test_stream_options_without_stream_is_400(server, client):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=5,

@@ -7,10 +7,11 @@ import asyncio
 import json
 import threading
 import time
+import types
 
 from trtbuild.runtime.interface import LoopWaker, RequestStream, SamplingParams, TokenEvent, batched_wakeups
 from trtbuild.server.generate import SSEResponse, sse_events
-from trtbuild.server.limits import write_body_now
+from trtbuild.server.limits import BodyWriter
 from trtbuild.server.render import DONE, Renderer, TokenTexts
 
 
@@ -123,33 +124,55 @@ def test_observe_many_equals_one_observe_per_value():
     assert texts[0] == texts[1] and 'itl_seconds_bucket{le="+Inf"} 27.0' in texts[1]
 
 
-def body_of(tokenizer, write_now_factory, words=12):
-    """The SSE body of one streamed completion whose tokens an engine thread emits while it is being
-    written: (chunks written directly by write_now, chunks the generator yielded)."""
-    ids = tokenizer.encode(" ".join(["river", "market", "salt"] * 4), bos=False)[:words]
+class Writer:
+    """A writer as write_directly sees one (trtbuild.server.limits.BodyWriter), over a list: `takes(data,
+    end)` says whether the socket takes this write now."""
+
+    def __init__(self, takes=lambda data, end: True):
+        self.takes, self.written, self.ended = takes, [], False
+
+    def write(self, data: bytes) -> bool:
+        if not self.takes(data, False):
+            return False
+        self.written.append(data.decode())
+        return True
+
+    def end(self, data: bytes) -> bool:
+        if not self.takes(data, True):
+            return False
+        self.written.append(data.decode())
+        self.ended = True
+        return True
+
+
+def body_of(tokenizer, writer: Writer | None, words=12, tokens=None, finish=None):
+    """One streamed completion whose tokens an engine thread emits while its SSE body is being made:
+    (chunks the generator yielded, the text). `finish(stream)` ends it instead of its last token."""
+    ids = tokens or tokenizer.encode(" ".join(["river", "market", "salt"] * 4), bos=False)[:words]
     params = SamplingParams(max_tokens=len(ids), temperature=0, ignore_eos=True)
     stream = RequestStream(tokenizer, [1, 1032], params, max_seq_len=100)
     renderer = Renderer(False, "m", TokenTexts(tokenizer), logprobs=False, include_usage=True, continuous_usage=True,
                         prompt_tokens=2)
-    direct: list[bytes] = []
-    write_now = write_now_factory(direct)
 
     def engine():
-        for token in ids:
+        for i, token in enumerate(ids):
             time.sleep(0.002)  # a few engine steps, so some chunks find the writer listening
             with batched_wakeups():
-                stream.emit_token(token)
+                if finish is not None and i == len(ids) - 1:
+                    finish(stream)
+                else:
+                    stream.emit_token(token)
 
     async def main():
         thread = threading.Thread(target=engine)
         thread.start()
         try:
-            return [c async for c in sse_events(None, renderer, [stream], 2, True, write_now=write_now)]
+            state = types.SimpleNamespace(shutting_down=True)  # (what an aborted stream's error message reads)
+            return [c async for c in sse_events(state, renderer, [stream], 2, True, write_now=writer)]
         finally:
             thread.join()
 
-    rest = asyncio.run(main())
-    return [d.decode() for d in direct], rest, tokenizer.decode(ids)
+    return asyncio.run(main()), tokenizer.decode(ids)
 
 
 def texts_and_usage(chunks: list[str]) -> tuple[str, list[int]]:
@@ -162,52 +185,62 @@ def texts_and_usage(chunks: list[str]) -> tuple[str, list[int]]:
 
 def test_direct_writes_carry_the_same_body_as_the_awaiting_path(tokenizer):
     """write_directly (chunks written from the engine's wake-up) and the generator path give one body:
-    the same text, usage counting up to the last token, the end with usage and [DONE]; and where the
-    writer refuses a chunk (the socket pushes back) that chunk and the rest go the awaiting way, in order."""
-    plain_direct, plain, text = body_of(tokenizer, lambda out: None)
-    assert plain_direct == []
-    assert texts_and_usage(plain)[0] == " " + text  # the first token's space, as after the prompt
-    text = " " + text
+    the same text, usage counting up to the last token, the end with usage and [DONE] in one write (the
+    writer's end()); where the writer refuses a chunk (the socket pushes back) that chunk and the rest go
+    the awaiting way, in order; a refused end is yielded, once."""
+    plain, text = body_of(tokenizer, None)
+    text = " " + text  # the first token's space, as after the prompt
+    assert texts_and_usage(plain)[0] == text
 
-    def taking(out):
-        return lambda data: out.append(data) or True
+    writer = Writer()
+    rest, _ = body_of(tokenizer, writer)
+    assert rest == [] and writer.ended  # every chunk, the end too, was written directly
+    assert writer.written[-1].endswith(DONE) and DONE not in "".join(writer.written[:-1])
+    got, usage = texts_and_usage(writer.written)
+    assert got == text and usage == sorted(usage) and usage[-1] == 12  # the usage chunk counts every token once
 
-    direct, rest, _ = body_of(tokenizer, taking)
-    assert direct, "no chunk was written directly"
-    got, usage = texts_and_usage(direct + rest)
-    assert got == text
-    assert usage == sorted(usage) and usage[-1] == 12  # the final usage chunk counts every token once
-    assert all(c.endswith("\n\n") and DONE not in c for c in direct)  # the end is never written directly
+    third = Writer(lambda data, end: len(third.written) != 2)  # the third write is refused
+    rest, _ = body_of(tokenizer, third)
+    assert len(third.written) == 2 and not third.ended and rest
+    got, usage = texts_and_usage(third.written + rest)
+    assert got == text and usage == sorted(usage) and usage[-1] == 12
 
-    def refusing_the_third(out):
-        def write_now(data):
-            if len(out) == 2:
-                return False
-            out.append(data)
-            return True
-        return write_now
-
-    direct, rest, _ = body_of(tokenizer, refusing_the_third)
-    assert len(direct) == 2
-    got, usage = texts_and_usage(direct + rest)
+    no_end = Writer(lambda data, end: not end)  # every chunk taken, the end refused: the generator yields it
+    rest, _ = body_of(tokenizer, no_end)
+    assert not no_end.ended and len(rest) == 1 and rest[0].endswith(DONE)
+    got, usage = texts_and_usage(no_end.written + rest)
     assert got == text and usage == sorted(usage) and usage[-1] == 12
 
 
-def test_write_body_now_writes_what_uvicorns_send_writes_and_refuses_what_it_cannot():
-    """trtbuild.server.limits.write_body_now against a real uvicorn RequestResponseCycle: the same chunk
-    framing as `send` writes, and no write (False) where send would wait or do more."""
+def test_a_failed_stream_ends_the_awaiting_way_with_its_error_event(tokenizer):
+    """An aborted or failed stream is not ended by the writer: the generator yields the error event and
+    [DONE] after the text written so far."""
+    for finish, code in ((lambda s: s.finish("error", "the engine failed"), "engine_error"),
+                         (lambda s: s.cancel(), "service_unavailable")):
+        writer = Writer()
+        rest, _ = body_of(tokenizer, writer, words=6, finish=finish)
+        assert not writer.ended and len(rest) == 1 and rest[0].endswith(DONE)
+        error = [json.loads(e[6:]) for e in rest[0].split("\n\n") if e.startswith("data: {")][-1]
+        assert error["error"]["code"] == code and writer.written  # the text before it was written directly
+
+
+def uvicorn_cycle():
+    """A real uvicorn RequestResponseCycle over a transport that keeps what is written."""
     from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
     class Transport:
         def __init__(self):
-            self.data = []
+            self.data, self.closed = [], False
 
         def write(self, data):
             self.data.append(bytes(data))
 
         def is_closing(self):
-            return False
+            return self.closed
+
+        def close(self):
+            self.closed = True
 
         def pause_reading(self):
             pass
@@ -215,33 +248,42 @@ def test_write_body_now_writes_what_uvicorns_send_writes_and_refuses_what_it_can
         def resume_reading(self):
             pass
 
-    def cycle():
-        transport = Transport()
-        c = RequestResponseCycle(scope={"method": "POST", "type": "http", "http_version": "1.1"}, transport=transport,
-                                 flow=FlowControl(transport), logger=None, access_logger=None, access_log=False,
-                                 default_headers=[], message_event=asyncio.Event(), expect_100_continue=False,
-                                 keep_alive=True, on_response=lambda: None)
-        return c, transport
+    transport, completed = Transport(), []
+    c = RequestResponseCycle(scope={"method": "POST", "type": "http", "http_version": "1.1"}, transport=transport,
+                             flow=FlowControl(transport), logger=None, access_logger=None, access_log=False,
+                             default_headers=[], message_event=asyncio.Event(), expect_100_continue=False,
+                             keep_alive=True, on_response=lambda: completed.append(True))
+    return c, transport, completed
 
+
+def test_the_body_writer_writes_what_uvicorns_send_writes_and_refuses_what_it_cannot():
+    """trtbuild.server.limits.BodyWriter against a real uvicorn RequestResponseCycle: the same bytes as
+    `send` writes for a chunk and for the body's end, the same completion (the connection's next request
+    may start), and no write (False) where send would wait or do more."""
     async def main():
-        by_send, t1 = cycle()
-        direct, t2 = cycle()
-        assert not write_body_now(direct, b"data: x\n\n")  # no response head yet
-        for c in (by_send, direct):
+        (by_send, t1, done1), (cycle, t2, done2) = uvicorn_cycle(), uvicorn_cycle()
+        direct = BodyWriter(cycle)
+        assert not direct.write(b"data: x\n\n") and not direct.end(b"x")  # no response head yet
+        for c in (by_send, cycle):
             await c.send({"type": "http.response.start", "status": 200, "headers": []})
         await by_send.send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
-        assert write_body_now(direct, b"data: x\n\n")
+        assert direct.write(b"data: x\n\n")
         assert t1.data == t2.data and t2.data[-1] == b"9\r\ndata: x\n\n\r\n"
-        assert not write_body_now(direct, b"")  # an empty chunk would end a chunked body
-        direct.flow.write_paused = True
-        assert not write_body_now(direct, b"y")  # bytes left unsent: send would wait (and the deadline runs)
-        direct.flow.write_paused = False
-        direct.disconnected = True
-        assert not write_body_now(direct, b"y")
-        direct.disconnected = False
-        await direct.send({"type": "http.response.body", "body": b"", "more_body": False})
-        assert not write_body_now(direct, b"y")  # the response is complete
-        assert len(t2.data) == 3  # head, one chunk, the end: nothing written by a refusal
+        assert not direct.write(b"")  # an empty chunk would end a chunked body
+        cycle.flow.write_paused = True
+        assert not direct.write(b"y") and not direct.end(b"y")  # bytes left unsent: send would wait
+        cycle.flow.write_paused = False
+        cycle.disconnected = True
+        assert not direct.write(b"y") and not direct.end(b"y")
+        cycle.disconnected = False
+        assert len(t2.data) == 2 and not direct.ended  # head, one chunk: nothing written by a refusal
+
+        await by_send.send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        assert direct.end(b"data: [DONE]\n\n") and direct.ended
+        assert t1.data == t2.data and t2.data[-1].endswith(b"\r\n0\r\n\r\n")
+        assert cycle.response_complete and done2 == done1 == [True] and cycle.message_event.is_set()
+        assert not direct.write(b"y") and not direct.end(b"y")  # the response is complete
+        assert len(t2.data) == 3
 
     asyncio.run(main())
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Protocol, Sequence
 
 from fastapi import Request
 from starlette.responses import Response
@@ -33,7 +33,14 @@ from trtbuild.server.render import DONE, Renderer, sse
 from trtbuild.server.state import ServerState
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-WriteNow = Callable[[bytes], bool]  # write one body chunk now if the socket takes it (True), else do nothing
+
+
+class WriteNow(Protocol):
+    """Writes the body now if the socket takes it (True), else does nothing (trtbuild.server.limits.BodyWriter)."""
+    ended: bool  # end() completed the response
+
+    def write(self, data: bytes) -> bool: ...
+    def end(self, data: bytes) -> bool: ...  # the last chunk and the end of the body
 
 
 async def generate(request: Request, body: GenerationRequest) -> Response:
@@ -181,8 +188,9 @@ class SSEResponse(Response):  # a Response to FastAPI (returned as is); its own 
     through the app's chain (status, x-request-id, error handling), and the body bytes go straight to the
     server's `send` (ServerMiddleware puts it in the scope), or, where the HTTP protocol offers one
     (`trtbuild.write_body`, trtbuild.server.limits), to its synchronous writer (see write_directly). The
-    final chunk, the usage chunk, [DONE] and the end of the body leave in one write. The body runs in the
-    request's own task; a second task waits for the client's disconnect and cancels it when it comes.
+    final chunk, the usage chunk, [DONE] and the end of the body leave in one write (from the wake-up too,
+    where the writer can). The body runs in the request's own task; a second task waits for the client's
+    disconnect and cancels it when it comes.
     `cleanup` runs however the response ends (before the body ever started, too). `events(write_now)`
     makes the body's chunks."""
 
@@ -198,20 +206,21 @@ class SSEResponse(Response):  # a Response to FastAPI (returned as is); its own 
         self.raw_headers = list(self.HEADERS)
 
     async def __call__(self, scope, receive, send):
-        chunks = self.events(scope.get("trtbuild.write_body"))
+        writer = scope.get("trtbuild.write_body")
+        chunks = self.events(writer)
         task = asyncio.current_task()
         streaming, left = True, False
 
         async def watch() -> None:  # the body runs in this task; the client's disconnect cancels it
             nonlocal left
-            await _wait_disconnect(receive)
-            if streaming:
+            await _wait_disconnect(receive)  # (uvicorn also says http.disconnect once the response is complete)
+            if streaming and not (writer is not None and writer.ended):
                 left = True
                 task.cancel()
 
         gone = asyncio.ensure_future(watch())
         try:
-            await self._stream(chunks, send, scope.get("trtbuild.send", send))
+            await self._stream(chunks, send, scope.get("trtbuild.send", send), writer)
         except asyncio.CancelledError:
             if not left or task.uncancel() > 0:  # not (only) ours: the server's shutdown, a timeout
                 raise
@@ -222,13 +231,15 @@ class SSEResponse(Response):  # a Response to FastAPI (returned as is); its own 
             await chunks.aclose()  # a generator left suspended by the cancellation
 
     @staticmethod
-    async def _stream(chunks: AsyncIterator[str], send, send_body):
+    async def _stream(chunks: AsyncIterator[str], send, send_body, writer: WriteNow | None):
         await send({"type": "http.response.start", "status": 200, "headers": SSEResponse.HEADERS})
         async for chunk in chunks:
             last = chunk.endswith(DONE)  # sse_events ends with [DONE]: the end of the body rides along
             await send_body({"type": "http.response.body", "body": chunk.encode(), "more_body": not last})
             if last:
                 return
+        if writer is not None and writer.ended:  # the writer sent the end already
+            return
         await send_body({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -241,8 +252,8 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
                      include_usage: bool, first: Sequence[str] = (), write_now: WriteNow | None = None
                      ) -> AsyncIterator[str]:
     """The SSE body: role chunks (chat) or `first` (a streamed echo's prompts), one chunk per batch of events
-    per choice, usage, [DONE]. With `write_now` (one choice), the chunks before the last are written by
-    write_directly instead of yielded."""
+    per choice, usage, [DONE]. With `write_now` (one choice), write_directly writes the chunks instead of
+    yielding them, the end too unless the stream failed."""
     if renderer.chat:
         for index in range(len(streams)):
             yield renderer.role_chunk(index)
@@ -252,9 +263,14 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
     single = len(streams) == 1  # the common case: no merging task and queue hop per chunk
     start = 0
     if single and write_now is not None:
-        start, pending = await write_directly(streams[0], renderer, write_now)
+        def usage() -> str:
+            return renderer.usage_chunk(prompt_tokens, len(streams[0].token_ids)) if include_usage else ""
+
+        start, pending, ended = await write_directly(streams[0], renderer, write_now, usage)
         if pending is not None:  # the writer refused it (the client reads slowly): send it the awaiting way
             yield pending
+        if ended:
+            return
     source = streams[0].aiter_batches(start) if single else merged_batches(streams)
     async with contextlib.aclosing(source) as batches:
         async for item in batches:
@@ -279,32 +295,40 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
     yield tail + DONE
 
 
-async def write_directly(stream: RequestStream, renderer: Renderer, write_now: WriteNow) -> tuple[int, str | None]:
+async def write_directly(stream: RequestStream, renderer: Renderer, write_now: WriteNow,
+                         usage: Callable[[], str]) -> tuple[int, str | None, bool]:
     """Write the stream's chunks from the loop callback that the engine's wake-up runs (RequestStream.listen),
     while the socket takes them at once: no task wake-up, generator hop or ASGI message per chunk, which
-    were most of the event loop's cost a token at 256 streams. Returns, for the awaiting path to go on
-    from, how many events were written and the chunk the writer refused (if any): it stops at the stream's
-    last event (whose chunk leaves with usage and [DONE]), at a failure, or when write_now refuses (the
-    socket pushes back, the client left)."""
+    were most of the event loop's cost a token at 256 streams. The end (last chunk, `usage()`, [DONE], the
+    body's end) leaves the same way, in one write: the client has it within the step that finished the
+    stream, not after the request's task is woken behind every other callback of a busy loop (the next
+    request of a closed-loop client waits for it). Returns how many events were consumed, the chunk the
+    writer refused (if any: the awaiting path sends it) and whether that was the end (written or refused).
+    A failure (error, abort) is left to the awaiting path, which renders its error event."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
-    seen, pending = 0, None
+    seen, pending, ended = 0, None, False
 
     def on_events() -> None:
-        nonlocal seen, pending
+        nonlocal seen, pending, ended
         if done.done():
             return
         try:
-            finished = stream.finish_reason is not None  # read before the slice, as aiter_batches does
-            new = stream.events[seen:]
-            if finished or (new and new[-1].finish_reason is not None):
-                done.set_result(None)  # the end (or a failure): the awaiting path writes it
-                return
+            new = stream.events[seen:]  # no lock: a list slice is atomic under the GIL (see aiter_batches)
             if not new:
                 return
+            reason = new[-1].finish_reason  # only the last event of a stream has one
+            if reason in ("error", "abort"):
+                done.set_result(None)
+                return
             seen += len(new)
-            chunk = renderer.delta_chunk(0, new, None)
-            if chunk is not None and not write_now(chunk.encode()):
+            chunk = renderer.delta_chunk(0, new, reason)
+            if reason is not None:
+                ended, chunk = True, (chunk or "") + usage() + DONE
+                if not write_now.end(chunk.encode()):
+                    pending = chunk
+                done.set_result(None)
+            elif chunk is not None and not write_now.write(chunk.encode()):
                 pending = chunk
                 done.set_result(None)
         except BaseException as exc:  # noqa: BLE001 - a listener must not raise: the stream's task does
@@ -317,7 +341,7 @@ async def write_directly(stream: RequestStream, renderer: Renderer, write_now: W
         await done
     finally:
         stop()
-    return seen, pending
+    return seen, pending, ended
 
 
 async def merged_batches(streams: Sequence[RequestStream]) -> AsyncIterator[tuple[int, list]]:

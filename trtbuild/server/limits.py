@@ -19,7 +19,6 @@ rejection and dropped response are in /metrics. Defaults and their reasons: serv
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import resource
@@ -147,7 +146,7 @@ def protocol_class(limits: ConnectionLimits, metrics: ConnectionMetrics) -> type
             super().on_headers_complete()
             cycle = getattr(self, "cycle", None)
             if cycle is not None and cycle.scope is self.scope:  # (not after an upgrade request)
-                self.scope["trtbuild.write_body"] = functools.partial(write_body_now, cycle)
+                self.scope["trtbuild.write_body"] = BodyWriter(cycle)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -207,17 +206,45 @@ def protocol_class(limits: ConnectionLimits, metrics: ConnectionMetrics) -> type
     return GuardedHttpToolsProtocol
 
 
-def write_body_now(cycle, data: bytes) -> bool:
-    """Write one chunk of a streamed (chunked) response body now, without a coroutine, if the socket takes
-    it: what uvicorn's ASGI `send` does for a body chunk, from a plain callback (the SSE writer runs from
-    the engine's wake-up, trtbuild.server.generate.write_directly). False, with nothing written, where
-    `send` would have to wait or do more: the app's writes are paused (bytes left unsent: the write
-    deadline runs), the client left, or the response is not a started, unfinished chunked one."""
-    if (cycle.flow.write_paused or cycle.disconnected or not cycle.response_started or cycle.response_complete
-            or not cycle.chunked_encoding or not data):
+class BodyWriter:
+    """Writes a streamed (chunked) response body now, without a coroutine, where the socket takes it: what
+    uvicorn's ASGI `send` does, from a plain callback (the SSE writer runs from the engine's wake-up,
+    trtbuild.server.generate.write_directly). Each call refuses (False, nothing written) where `send` would
+    have to wait or do more: the app's writes are paused (bytes left unsent: the write deadline runs), the
+    client left, or the response is not a started, unfinished chunked one."""
+
+    __slots__ = ("cycle", "ended")
+
+    def __init__(self, cycle):
+        self.cycle = cycle
+        self.ended = False  # end() completed the response: the app must not send the body's end again
+
+    def writable(self) -> bool:
+        cycle = self.cycle
+        return not (cycle.flow.write_paused or cycle.disconnected or not cycle.response_started
+                    or cycle.response_complete or not cycle.chunked_encoding)
+
+    def write(self, data: bytes) -> bool:
+        """One chunk of the body."""
+        if not data or not self.writable():  # (an empty chunk would end a chunked body)
+            return False
+        self.cycle.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return True
+
+    def end(self, data: bytes) -> bool:
+        """The last chunk and the end of the body, in one write, through uvicorn's own `send` (its completion:
+        keep-alive or close, the connection's next request). Driven by hand: `send` waits only while writes
+        are paused, which writable() has ruled out, so it runs to its end in this call."""
+        if not self.writable():
+            return False
+        step = self.cycle.send({"type": "http.response.body", "body": data, "more_body": False})
+        try:
+            step.send(None)
+        except StopIteration:
+            self.ended = True
+            return True
+        step.close()  # (unreachable: send waits only at its start, for paused writes; closed there, it wrote nothing)
         return False
-    cycle.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-    return True
 
 
 def raise_open_file_limit(limits: ConnectionLimits) -> None:
