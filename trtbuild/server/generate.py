@@ -33,6 +33,7 @@ from trtbuild.server.render import DONE, Renderer, sse
 from trtbuild.server.state import ServerState
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+FAILURES = ("error", "abort")  # the finish reasons whose stream ends with an error event, not a finish_reason
 
 
 class WriteNow(Protocol):
@@ -262,10 +263,11 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
     failed, tail = None, ""
     single = len(streams) == 1  # the common case: no merging task and queue hop per chunk
     start = 0
-    if single and write_now is not None:
-        def usage() -> str:
-            return renderer.usage_chunk(prompt_tokens, len(streams[0].token_ids)) if include_usage else ""
 
+    def usage() -> str:  # the usage chunk, where the request asked for one: part of the end, either way
+        return renderer.usage_chunk(prompt_tokens, sum(len(s.token_ids) for s in streams)) if include_usage else ""
+
+    if single and write_now is not None:
         start, pending, ended = await write_directly(streams[0], renderer, write_now, usage)
         if pending is not None:  # the writer refused it (the client reads slowly): send it the awaiting way
             yield pending
@@ -276,7 +278,7 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
         async for item in batches:
             index, events = (0, item) if single else item
             reason = events[-1].finish_reason
-            if reason in ("error", "abort"):
+            if reason in FAILURES:
                 failed = streams[index].error if reason == "error" else abort_message(state)
                 reason = None  # text that came before the failure is still sent
             chunk = renderer.delta_chunk(index, events, reason)
@@ -290,8 +292,8 @@ async def sse_events(state: ServerState, renderer: Renderer, streams: Sequence[R
     if failed is not None:
         error = engine_failure(failed) if streams[index].finish_reason == "error" else unavailable(failed)
         tail += sse(error.body())
-    elif include_usage:
-        tail += renderer.usage_chunk(prompt_tokens, sum(len(s.token_ids) for s in streams))
+    else:
+        tail += usage()
     yield tail + DONE
 
 
@@ -318,7 +320,7 @@ async def write_directly(stream: RequestStream, renderer: Renderer, write_now: W
             if not new:
                 return
             reason = new[-1].finish_reason  # only the last event of a stream has one
-            if reason in ("error", "abort"):
+            if reason in FAILURES:
                 done.set_result(None)
                 return
             seen += len(new)
